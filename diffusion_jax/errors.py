@@ -1,0 +1,27 @@
+"""User-facing errors.
+
+Anything a user can fix (a bad config value, missing data, a wrong file) raises a
+`UserError` whose message says what to do. `diffusion_jax.main` prints the message
+and exits non-zero instead of dumping a traceback. Library code (model, diffusion,
+samplers) raises plain `ValueError`, which `main` treats the same way.
+"""
+
+
+class UserError(Exception):
+    """An error the user can fix; the message says how."""
+
+
+class DataNotFoundError(UserError):
+    """A dataset is not prepared where we looked and cannot be downloaded."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint directory is corrupt or does not match the config."""
+
+
+class TrainingDivergedError(UserError):
+    """The loss became NaN or inf; the last good checkpoint is kept."""
+
+
+class WeightsError(UserError):
+    """FID network weights are missing, corrupt or of another network."""

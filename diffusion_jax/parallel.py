@@ -1,0 +1,163 @@
+"""Processes, devices and shardings: the one place that knows about the topology.
+
+One program runs on every process. `initialize` starts `jax.distributed` only when the
+environment describes several processes; `make_mesh` lays all global devices on a 2-D mesh
+`('host', 'local')` whose rows are processes. The batch is sharded over both axes (every
+device gets an equal slice); the training data is sharded over `'host'` only (each process
+keeps its own shards, replicated on its devices).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from diffusion_jax.errors import UserError
+
+BATCH_AXES = ("host", "local")
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedSpec:
+    """How to reach the other processes; `None` fields are auto-detected by JAX."""
+
+    coordinator_address: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
+    local_device_ids: Sequence[int] | None = None
+    initialization_timeout_s: int = 300
+
+
+def spec_from_env(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    timeout_s: int = 300,
+) -> DistributedSpec | None:
+    """Decides whether this run is multi-process; explicit values win over the environment.
+
+    Environment: `DJAX_COORDINATOR`, `DJAX_NUM_PROCESSES`, `DJAX_PROCESS_ID`, or SLURM's
+    `SLURM_NTASKS` (> 1) with `SLURM_PROCID`, which JAX's SLURM cluster detection reads.
+    Returns None for a single-process run.
+    """
+    env = os.environ
+    coordinator_address = coordinator_address or env.get("DJAX_COORDINATOR") or None
+    if num_processes is None and env.get("DJAX_NUM_PROCESSES"):
+        num_processes = int(env["DJAX_NUM_PROCESSES"])
+    if process_id is None and env.get("DJAX_PROCESS_ID"):
+        process_id = int(env["DJAX_PROCESS_ID"])
+    if coordinator_address or (num_processes or 1) > 1:
+        if num_processes is None or process_id is None or not coordinator_address:
+            raise UserError(
+                "A multi-process run needs all of --coordinator_address, --num_processes and "
+                "--process_id (or DJAX_COORDINATOR, DJAX_NUM_PROCESSES, DJAX_PROCESS_ID); got "
+                f"coordinator={coordinator_address!r}, num_processes={num_processes}, "
+                f"process_id={process_id}."
+            )
+        if not 0 <= process_id < num_processes:
+            raise UserError(f"process_id={process_id} must be in [0, {num_processes}).")
+        return DistributedSpec(coordinator_address, num_processes, process_id, None, timeout_s)
+    if int(env.get("SLURM_NTASKS", "1")) > 1:
+        # JAX's SlurmCluster reads SLURM_* itself (coordinator = first node of the job).
+        return DistributedSpec(initialization_timeout_s=timeout_s)
+    return None
+
+
+def initialize(spec: DistributedSpec | None) -> None:
+    """Starts `jax.distributed` for a multi-process run; a no-op for one process."""
+    if spec is None:
+        return
+    kwargs = {}
+    if spec.local_device_ids is not None:
+        kwargs["local_device_ids"] = spec.local_device_ids
+    try:
+        jax.distributed.initialize(
+            coordinator_address=spec.coordinator_address,
+            num_processes=spec.num_processes,
+            process_id=spec.process_id,
+            initialization_timeout=spec.initialization_timeout_s,
+            **kwargs,
+        )
+    except Exception as e:  # noqa: BLE001 - surfaced as a clear message
+        raise UserError(
+            f"Could not join the multi-process job (coordinator={spec.coordinator_address}, "
+            f"process {spec.process_id} of {spec.num_processes}): {e}. Check that every process "
+            "was started with the same coordinator address and that it is reachable."
+        ) from e
+
+
+def shutdown() -> None:
+    """Leaves the multi-process job (no-op when single-process)."""
+    if jax.process_count() > 1:
+        jax.distributed.shutdown()
+
+
+def is_main_process() -> bool:
+    """Only process 0 writes logs, metrics, pictures and result files."""
+    return jax.process_index() == 0
+
+
+def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """All devices on a ('host', 'local') mesh: one row per process, in process order."""
+    devices = list(jax.devices() if devices is None else devices)
+    num_hosts = len({d.process_index for d in devices})
+    devices.sort(key=lambda d: (d.process_index, d.id))
+    grid = np.array(devices, dtype=object).reshape(num_hosts, len(devices) // num_hosts)
+    return Mesh(grid, BATCH_AXES)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """Same value on every device (parameters, optimizer state, RNG keys)."""
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharding(mesh: Mesh, leading_axes: int = 0) -> NamedSharding:
+    """Split dimension `leading_axes` (the batch) over every device of the mesh."""
+    return NamedSharding(mesh, PartitionSpec(*([None] * leading_axes), BATCH_AXES))
+
+
+def host_sharding(mesh: Mesh) -> NamedSharding:
+    """Split dimension 0 over processes, replicated on each process's devices (data shards)."""
+    return NamedSharding(mesh, PartitionSpec("host"))
+
+
+def num_devices(mesh: Mesh) -> int:
+    return int(mesh.devices.size)
+
+
+def check_divisible(global_batch: int, mesh: Mesh, what: str = "config.train.batch_size") -> None:
+    """Refuses a global batch that does not split evenly over the devices, before anything runs."""
+    n = num_devices(mesh)
+    if global_batch <= 0 or global_batch % n:
+        raise UserError(
+            f"{what}={global_batch} must be a positive multiple of the number of devices ({n} "
+            f"over {jax.process_count()} process(es)). Try {max(n, (global_batch // n) * n)}."
+        )
+
+
+def global_array(local_data: np.ndarray, sharding: NamedSharding, global_shape=None) -> jax.Array:
+    """A global array assembled from each process's slice (`global_shape` defaults to
+    stacking the processes' slices along dimension 0)."""
+    return jax.make_array_from_process_local_data(sharding, local_data, global_shape)
+
+
+def process_allgather(x) -> np.ndarray:
+    """Gathers a (possibly sharded) array onto every host as NumPy."""
+    from jax.experimental import multihost_utils
+
+    if jax.process_count() == 1:
+        return np.asarray(jax.device_get(x))
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def sync(name: str) -> None:
+    """Barrier across processes (no-op for one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)

@@ -31,6 +31,9 @@ class DistributedSpec:
     process_id: int | None = None
     local_device_ids: Sequence[int] | None = None
     initialization_timeout_s: int = 300
+    # A process that has not been heard from for this long is declared dead and every other
+    # process stops with an error instead of waiting forever in a collective.
+    heartbeat_timeout_s: int = 100
 
 
 def spec_from_env(
@@ -38,14 +41,18 @@ def spec_from_env(
     num_processes: int | None = None,
     process_id: int | None = None,
     timeout_s: int = 300,
+    heartbeat_timeout_s: int | None = None,
 ) -> DistributedSpec | None:
     """Decides whether this run is multi-process; explicit values win over the environment.
 
     Environment: `DJAX_COORDINATOR`, `DJAX_NUM_PROCESSES`, `DJAX_PROCESS_ID`, or SLURM's
-    `SLURM_NTASKS` (> 1) with `SLURM_PROCID`, which JAX's SLURM cluster detection reads.
+    `SLURM_NTASKS` (> 1) with `SLURM_PROCID`, which JAX's SLURM cluster detection reads;
+    `DJAX_HEARTBEAT_TIMEOUT` (seconds) bounds how long a dead peer can go unnoticed.
     Returns None for a single-process run.
     """
     env = os.environ
+    if heartbeat_timeout_s is None:
+        heartbeat_timeout_s = int(env.get("DJAX_HEARTBEAT_TIMEOUT", "100"))
     coordinator_address = coordinator_address or env.get("DJAX_COORDINATOR") or None
     if num_processes is None and env.get("DJAX_NUM_PROCESSES"):
         num_processes = int(env["DJAX_NUM_PROCESSES"])
@@ -61,10 +68,14 @@ def spec_from_env(
             )
         if not 0 <= process_id < num_processes:
             raise UserError(f"process_id={process_id} must be in [0, {num_processes}).")
-        return DistributedSpec(coordinator_address, num_processes, process_id, None, timeout_s)
+        return DistributedSpec(
+            coordinator_address, num_processes, process_id, None, timeout_s, heartbeat_timeout_s
+        )
     if int(env.get("SLURM_NTASKS", "1")) > 1:
         # JAX's SlurmCluster reads SLURM_* itself (coordinator = first node of the job).
-        return DistributedSpec(initialization_timeout_s=timeout_s)
+        return DistributedSpec(
+            initialization_timeout_s=timeout_s, heartbeat_timeout_s=heartbeat_timeout_s
+        )
     return None
 
 
@@ -72,6 +83,8 @@ def initialize(spec: DistributedSpec | None) -> None:
     """Starts `jax.distributed` for a multi-process run; a no-op for one process."""
     if spec is None:
         return
+    # CPU-only multi-process runs (tests, laptops) need a collectives backend; GPUs use NCCL.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     kwargs = {}
     if spec.local_device_ids is not None:
         kwargs["local_device_ids"] = spec.local_device_ids
@@ -81,6 +94,7 @@ def initialize(spec: DistributedSpec | None) -> None:
             num_processes=spec.num_processes,
             process_id=spec.process_id,
             initialization_timeout=spec.initialization_timeout_s,
+            heartbeat_timeout_seconds=spec.heartbeat_timeout_s,
             **kwargs,
         )
     except Exception as e:  # noqa: BLE001 - surfaced as a clear message

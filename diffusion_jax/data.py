@@ -225,9 +225,10 @@ def _open_source(dataset: str, split: str, data_dir: str) -> Any:
             f"{dataset} is not prepared in {data_dir} (looked for {builder.data_path}).\n"
             + prepare_commands(dataset, data_dir)
         )
-    if "array_record" not in {f.value for f in builder.info.available_file_formats()}:
+    formats = sorted(f.value for f in builder.info.available_file_formats())
+    if "array_record" not in formats:
         raise DataNotFoundError(
-            f"{dataset} in {builder.data_path} is stored as {builder.info.file_format.value}, "
+            f"{dataset} in {builder.data_path} is stored as {' and '.join(formats)}, "
             "which only TensorFlow can read. Re-prepare it as array_record (add --overwrite):\n"
             + prepare_commands(dataset, data_dir)
         )

@@ -122,6 +122,31 @@ def build(out: Path) -> None:
     print(f"wrote {out} ({out.stat().st_size:,} bytes)")
 
 
+def build_torch_files(folder: Path) -> None:
+    """Tiny `torch.save` files in both formats, to test the torch-free reader without torch."""
+    import collections
+
+    import torch
+
+    base = torch.arange(24, dtype=torch.float32).reshape(2, 3, 4) / 7
+    state = collections.OrderedDict(
+        [
+            ("a.weight", base),
+            ("a.param", torch.nn.Parameter(torch.linspace(-1, 1, 6).reshape(2, 3))),
+            ("b.bias", torch.tensor([1.5, -2.25, 1e-300], dtype=torch.float64)),
+            ("b.index", torch.tensor([3, -1, 2**40], dtype=torch.int64)),
+            ("c.transposed", base[0].t()),  # non-contiguous view of a shared storage
+            ("c.slice", base.reshape(-1)[5:11]),  # storage offset 5
+            ("d.half", torch.tensor([0.5, 65504.0], dtype=torch.float16)),
+        ]
+    )
+    expected = {k: v.detach().numpy().copy() for k, v in state.items()}
+    torch.save(state, folder / "tiny_state_zip.pth")
+    torch.save(state, folder / "tiny_state_legacy.pth", _use_new_zipfile_serialization=False)
+    np.savez(folder / "tiny_state_expected.npz", **expected)
+    print(f"wrote tiny torch files to {folder}")
+
+
 def crosscheck(n: int = 1000) -> None:
     import scipy.linalg
 
@@ -149,6 +174,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.mode == "build":
         build(args.out)
+        build_torch_files(args.out.parent)
     else:
         crosscheck()
 

@@ -117,15 +117,16 @@ def default_data_dir(data_dir: str | os.PathLike | None = None) -> str:
 def prepare_commands(dataset: str, data_dir: str) -> str:
     """The commands that prepare `dataset`, for error messages."""
     if dataset == "fashion_mnist":
-        source = "--idx_dir=/usr/share/datasets/fashion-mnist  (Debian: dataset-fashion-mnist)"
+        what = "the idx files of Debian's dataset-fashion-mnist package"
+        source = "--idx_dir=/usr/share/datasets/fashion-mnist"
     else:
-        source = f"--npz=PATH/{dataset}.npz  (Keras keys x_train, y_train, x_test, y_test)"
+        what = "a Keras-layout .npz (x_train, y_train, x_test, y_test)"
+        source = f"--npz=PATH/{dataset}.npz"
+    cli = "python -m diffusion_jax.data"
+    args = f"--dataset={dataset} --data_dir={data_dir}"
     return (
-        f"Offline, import a local copy:\n"
-        f"  python -m diffusion_jax.data import --dataset={dataset} {source} "
-        f"--data_dir={data_dir}\n"
-        f"Online (TFDS downloads it; needs TensorFlow):\n"
-        f"  python -m diffusion_jax.data download --dataset={dataset} --data_dir={data_dir}"
+        f"Offline, import {what}:\n  {cli} import {args} {source}\n"
+        f"Online (TFDS downloads it; needs TensorFlow):\n  {cli} download {args}"
     )
 
 
@@ -220,7 +221,7 @@ def _open_source(dataset: str, split: str, data_dir: str) -> Any:
     """The raw-bytes random-access source of a prepared split; never downloads."""
     tfds = _tfds()
     builder = tfds.builder(dataset, data_dir=data_dir)
-    if not builder.is_prepared():
+    if not _is_prepared(builder):
         raise DataNotFoundError(
             f"{dataset} is not prepared in {data_dir} (looked for {builder.data_path}).\n"
             + prepare_commands(dataset, data_dir)
@@ -442,9 +443,9 @@ def download(dataset: str, data_dir: str | None = None, *, overwrite: bool = Fal
     return Path(builder.data_path)
 
 
-def _is_prepared(dataset: str, data_dir: str) -> bool:
-    tfds = _tfds()
-    return tfds.builder(dataset, data_dir=data_dir).is_prepared()
+def _is_prepared(builder: Any) -> bool:
+    """`builder.is_prepared()` without its log warning when the folder does not exist."""
+    return (builder.data_path / "dataset_info.json").exists() and builder.is_prepared()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -470,7 +471,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         dataset_info(args.dataset)
         data_dir = default_data_dir(args.data_dir)
-        if not args.overwrite and _is_prepared(args.dataset, data_dir):
+        if not args.overwrite and _is_prepared(_tfds().builder(args.dataset, data_dir=data_dir)):
             print(
                 f"{args.dataset} is already prepared in {data_dir}; nothing to do "
                 "(pass --overwrite to import it again).",

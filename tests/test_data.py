@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import subprocess
 import sys
@@ -188,7 +189,8 @@ def test_missing_data_fails_fast_with_the_command(tmp_path):
             data.load_split(dataset, data_dir=str(tmp_path))
         assert time.perf_counter() - start < 5
         message = str(info.value)
-        assert f"python -m diffusion_jax.data import --dataset={dataset} {source}" in message
+        command = f"python -m diffusion_jax.data import --dataset={dataset} --data_dir={tmp_path}"
+        assert f"{command} {source}" in message
         assert f"download --dataset={dataset} --data_dir={tmp_path}" in message
 
 
@@ -218,13 +220,13 @@ def test_more_shards_than_examples(tiny_mnist_dir):
         data.load_split("mnist", data_dir=tiny_mnist_dir, num_shards=1000, progress=False)
 
 
-def test_tfrecord_data_is_refused_with_advice(tmp_path, monkeypatch):
-    import tensorflow_datasets as tfds
-
-    builder = tfds.builder("mnist", data_dir=str(tmp_path))
-    formats = {tfds.core.FileFormat.TFRECORD}
-    monkeypatch.setattr(type(builder), "is_prepared", lambda self: True)
-    monkeypatch.setattr(type(builder.info), "available_file_formats", lambda self: formats)
+def test_tfrecord_data_is_refused_with_advice(tmp_path, tiny_mnist_arrays):
+    """TFDS's default format needs TensorFlow to read; say how to re-prepare."""
+    small = {s: (x[:8], y[:8]) for s, (x, y) in tiny_mnist_arrays.items()}
+    info_file = data.import_arrays("mnist", small, str(tmp_path), full=False) / "dataset_info.json"
+    info = json.loads(info_file.read_text())
+    info["fileFormat"] = "tfrecord"
+    info_file.write_text(json.dumps(info))
     with pytest.raises(DataNotFoundError, match="stored as tfrecord.*--overwrite"):
         data.load_split("mnist", data_dir=str(tmp_path))
 

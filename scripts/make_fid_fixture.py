@@ -53,6 +53,10 @@ def _torch_features(net, x_nhwc: np.ndarray, batch: int = 16) -> np.ndarray:
 def _tf_resize(x_nhwc: np.ndarray, size: tuple[int, int] = (299, 299)) -> np.ndarray:
     import tensorflow as tf
 
+    try:
+        tf.config.set_visible_devices([], "GPU")  # TF must not grab an accelerator
+    except RuntimeError:
+        pass  # already initialised (second call): the setting stays
     with tf.device("/CPU:0"):
         y = tf.compat.v1.image.resize_bilinear(
             tf.constant(x_nhwc, tf.float32), size, align_corners=False, half_pixel_centers=False

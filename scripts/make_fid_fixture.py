@@ -16,6 +16,7 @@ from diffusion_jax: TF resize, torch network, NumPy covariance, SciPy sqrtm.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -53,10 +54,8 @@ def _torch_features(net, x_nhwc: np.ndarray, batch: int = 16) -> np.ndarray:
 def _tf_resize(x_nhwc: np.ndarray, size: tuple[int, int] = (299, 299)) -> np.ndarray:
     import tensorflow as tf
 
-    try:
-        tf.config.set_visible_devices([], "GPU")  # TF must not grab an accelerator
-    except RuntimeError:
-        pass  # already initialised (second call): the setting stays
+    with contextlib.suppress(RuntimeError):  # fails once TF is initialised
+        tf.config.set_visible_devices([], "GPU")  # keep TF off accelerators
     with tf.device("/CPU:0"):
         y = tf.compat.v1.image.resize_bilinear(
             tf.constant(x_nhwc, tf.float32), size, align_corners=False, half_pixel_centers=False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 from pathlib import Path
 
@@ -49,10 +50,8 @@ def test_whole_image_resize_matches_torch(ref) -> None:
 
 def test_resize_matches_live_tensorflow(ref) -> None:
     tf = pytest.importorskip("tensorflow", reason="TensorFlow not installed")
-    try:
-        tf.config.set_visible_devices([], "GPU")  # never let TF grab an accelerator JAX uses
-    except RuntimeError:
-        pass  # TF already initialised by an earlier test
+    with contextlib.suppress(RuntimeError):  # fails once TF is initialised
+        tf.config.set_visible_devices([], "GPU")  # keep TF off accelerators
     imgs = np.concatenate([ref["cifar"][:3], ref["noise"][:1, :32, :32]]).astype(np.float32)
     with tf.device("/CPU:0"):
         want = tf.compat.v1.image.resize_bilinear(

@@ -107,6 +107,7 @@ class FeatureExtractor:
         images = check_images(images_uint8)
         n, b = images.shape[0], self.batch_size
         out = np.empty((n, inception.FEATURE_DIM), np.float32)
+        pending: tuple[int, int, jax.Array] | None = None
         for start in range(0, n, b):
             chunk = images[start : start + b]
             m = chunk.shape[0]
@@ -114,8 +115,12 @@ class FeatureExtractor:
                 chunk = np.concatenate([chunk, np.zeros((b - m, *chunk.shape[1:]), np.uint8)])
             if self.batch_sharding is not None:
                 chunk = jax.device_put(chunk, self.batch_sharding)
-            feats = self._fn(self._params, chunk)
-            out[start : start + m] = np.asarray(feats)[:m]
+            feats = self._fn(self._params, chunk)  # async: overlaps the previous fetch
+            if pending is not None:
+                out[pending[0] : pending[0] + pending[1]] = np.asarray(pending[2])[: pending[1]]
+            pending = (start, m, feats)
+        if pending is not None:
+            out[pending[0] : pending[0] + pending[1]] = np.asarray(pending[2])[: pending[1]]
         return out
 
 

@@ -130,10 +130,10 @@ def test_features_and_statistics_independent_of_batch_size_and_devices(tmp_path)
     assert out["devices"] == 8
     ref = out["one_device_b8"]
     for name in ("one_device_b3", "eight_devices_b8"):
-        f, g = np.array(out[name]["f"]), np.array(ref["f"])
-        assert _rel_err(f, g).max() <= 1e-6, name
-        np.testing.assert_allclose(out[name]["mu"], ref["mu"], rtol=1e-6, atol=1e-9)
-        np.testing.assert_allclose(out[name]["sigma_diag"], ref["sigma_diag"], rtol=1e-5, atol=1e-9)
+        # On XLA:CPU each image's features are bit-identical whatever the batch or device
+        # count (measured); a tolerance would hide a padding or sharding bug leaking rows.
+        for key in ("f", "mu", "sigma_diag"):
+            np.testing.assert_array_equal(out[name][key], ref[key], err_msg=f"{name} {key}")
     assert "does not divide evenly" in out["indivisible_error"]
 
 

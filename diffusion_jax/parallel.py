@@ -175,3 +175,25 @@ def sync(name: str) -> None:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(name)
+
+
+def local_rows(x: jax.Array) -> np.ndarray:
+    """This process's rows of a batch-sharded global array, in order, as NumPy (no collective)."""
+    if jax.process_count() == 1:
+        return np.asarray(jax.device_get(x))
+    shards = {s.index[0].start or 0: s for s in x.addressable_shards}  # replicas share a start
+    return np.concatenate([np.asarray(shards[k].data) for k in sorted(shards)])
+
+
+def any_process(flag: bool) -> bool:
+    """True on every process when `flag` is True on any (a collective: all must call it).
+
+    Lets all processes agree to stop together (SIGTERM, time budget) so that none is left
+    waiting in a collective save.
+    """
+    if jax.process_count() == 1:
+        return bool(flag)
+    from jax.experimental import multihost_utils
+
+    flags = multihost_utils.process_allgather(np.asarray([bool(flag)]))
+    return bool(np.any(flags))

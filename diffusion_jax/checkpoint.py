@@ -1,0 +1,294 @@
+"""Orbax checkpoints of a `TrainState`: the latest N and the best one, with clear refusals.
+
+Two managers, because Orbax's `max_to_keep` with a `best_fn` may delete the newest step (the one
+a restart needs): `workdir/checkpoints` keeps the latest `keep` steps, `workdir/best` keeps one,
+replaced only when a new value of the best metric is lower.
+
+Each step stores the items `params`, `ema_params`, `opt_state`, `progress` (step and RNG key) and
+a JSON `meta` (config, parameter count and shapes, versions). Items restore independently, so
+sampling reads the EMA parameters alone. Before anything is restored the shapes in `meta` are
+compared with the config's model; a checkpoint that differs or cannot be read raises
+`CheckpointError` and is never written to or deleted.
+
+Saves and restores are collective: every process calls them (Orbax coordinates who writes).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+import diffusion_jax
+from diffusion_jax.errors import CheckpointError
+
+LATEST_DIR = "checkpoints"
+BEST_DIR = "best"
+STATE_ITEMS = ("params", "ema_params", "opt_state", "progress")
+_ITEMS = (*STATE_ITEMS, "meta")
+
+
+def tree_shapes(tree: Any) -> dict[str, list[int]]:
+    """`{path: shape}` of a pytree's leaves: what must match for a checkpoint to restore."""
+    leaves = jax.tree_util.tree_leaves_with_path(tree)
+    return {jax.tree_util.keystr(path): list(leaf.shape) for path, leaf in leaves}
+
+
+def make_meta(config: ml_collections.ConfigDict, params: Any, **extra: Any) -> dict[str, Any]:
+    """The JSON saved beside every checkpoint (and what restores are checked against)."""
+    shapes = tree_shapes(params)
+    return {
+        "config": json.loads(config.to_json_best_effort()),
+        "num_params": int(sum(math.prod(s) for s in shapes.values())),
+        "param_shapes": shapes,
+        "versions": {
+            "diffusion_jax": diffusion_jax.__version__,
+            "jax": jax.__version__,
+            "orbax": getattr(ocp, "__version__", "?"),
+        },
+        **extra,
+    }
+
+
+def _millions(n: int) -> str:
+    return f"{n / 1e6:.1f}M" if n >= 1e5 else f"{n:,}"
+
+
+def _flat(d: Mapping[str, Any], prefix: str = "config") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(_flat(v, f"{prefix}.{k}"))
+        else:
+            out[f"{prefix}.{k}"] = v
+    return out
+
+
+def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """`config.a.b: checkpoint X, now Y` for every setting that differs."""
+    a, b = _flat(saved), _flat(current)
+    return [
+        f"{k}: checkpoint {a.get(k)!r}, now {b.get(k)!r}"
+        for k in sorted(set(a) | set(b))
+        if a.get(k) != b.get(k)
+    ]
+
+
+def check_compatible(saved: Mapping[str, Any], expected: Mapping[str, Any], where: str) -> None:
+    """Raise `CheckpointError` unless the saved parameter shapes are the config's."""
+    have, want = saved.get("param_shapes"), expected["param_shapes"]
+    if have == want:
+        return
+    if have is None:
+        raise CheckpointError(f"{where} has no parameter shapes in its meta; it is not ours.")
+    n_have, n_want = saved.get("num_params", 0), expected["num_params"]
+    differing = [k for k in sorted(set(have) | set(want)) if have.get(k) != want.get(k)]
+    examples = ", ".join(
+        f"{k}: checkpoint {have.get(k)}, config {want.get(k)}" for k in differing[:3]
+    )
+    model_diffs = [
+        d
+        for d in config_differences(saved.get("config", {}), expected["config"])
+        if d.startswith(("config.model.", "config.data.image_size", "config.data.channels"))
+    ]
+    raise CheckpointError(
+        f"The checkpoint in {where} does not fit the config: the checkpoint has "
+        f"{_millions(n_have)} parameters, the config builds {_millions(n_want)} "
+        f"({len(differing)} tensors differ, e.g. {examples}).\n"
+        + ("Settings that differ: " + "; ".join(model_diffs) + ".\n" if model_diffs else "")
+        + "The checkpoint was left untouched. Pick another --workdir, or make the config match "
+        "the checkpoint's (its config is saved in the checkpoint's meta)."
+    )
+
+
+def _manager(directory: str, keep: int, read_only: bool) -> ocp.CheckpointManager | None:
+    if read_only and not os.path.isdir(directory):
+        return None  # nothing saved there; a read-only manager must not create it
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=not read_only, read_only=read_only
+    )
+    return ocp.CheckpointManager(directory, options=options, item_names=_ITEMS)
+
+
+def _state_items(state: Any) -> dict[str, Any]:
+    return {
+        "params": state.params,
+        "ema_params": state.ema_params,
+        "opt_state": state.opt_state,
+        "progress": {"step": state.step, "rng": state.rng},
+    }
+
+
+class Checkpoints:
+    """The run's checkpoints in `workdir`: save, restore latest/step/best, wait for saves.
+
+    `read_only` (sampling, evaluation) creates nothing and never deletes.
+    """
+
+    def __init__(self, workdir: str, *, keep: int = 3, read_only: bool = False):
+        self.workdir = os.fspath(workdir)
+        self.latest_dir = os.path.join(self.workdir, LATEST_DIR)
+        self.best_dir = os.path.join(self.workdir, BEST_DIR)
+        self._read_only = read_only
+        self._latest = _manager(self.latest_dir, keep, read_only)
+        self._best = _manager(self.best_dir, 1, read_only)
+
+    # ----------------------------------------------------------------- queries
+
+    def latest_step(self) -> int | None:
+        return self._latest.latest_step() if self._latest else None
+
+    def best_step(self) -> int | None:
+        return self._best.latest_step() if self._best else None
+
+    def all_steps(self, *, best: bool = False) -> list[int]:
+        manager = self._manager_for(best)
+        return list(manager.all_steps()) if manager else []
+
+    def best_value(self, metric: str) -> float:
+        """The best checkpoint's value of `metric` (inf when there is none or it is another)."""
+        step = self.best_step()
+        if step is None:
+            return math.inf
+        best = self.read_meta(step, best=True).get("best")
+        if not best or best.get("metric") != metric:
+            return math.inf
+        return float(best["value"])
+
+    # ----------------------------------------------------------------- saving
+
+    def save(self, state: Any, meta: Mapping[str, Any]) -> bool:
+        """Start an async save of `state` at its step (skipped if that step is already saved)."""
+        step = int(state.step)
+        if step in self.all_steps():
+            return False
+        return self._latest.save(step, args=self._save_args(state, meta))
+
+    def save_best(self, state: Any, meta: Mapping[str, Any], metric: str, value: float) -> bool:
+        """Save `state` as the best one if `value` of `metric` beats the current best."""
+        if not math.isfinite(value) or value >= self.best_value(metric):
+            return False
+        meta = {**meta, "best": {"metric": metric, "value": float(value)}}
+        step = int(state.step)
+        if step in self.all_steps(best=True):
+            return False
+        return self._best.save(step, args=self._save_args(state, meta))
+
+    @staticmethod
+    def _save_args(state: Any, meta: Mapping[str, Any]) -> ocp.args.Composite:
+        items = {k: ocp.args.StandardSave(v) for k, v in _state_items(state).items()}
+        return ocp.args.Composite(**items, meta=ocp.args.JsonSave(dict(meta)))
+
+    def wait(self) -> None:
+        """Block until every async save is on disk."""
+        for manager in (self._latest, self._best):
+            if manager:
+                manager.wait_until_finished()
+
+    def close(self) -> None:
+        for manager in (self._latest, self._best):
+            if manager:
+                manager.close()
+
+    # ----------------------------------------------------------------- restoring
+
+    def _manager_for(self, best: bool) -> ocp.CheckpointManager | None:
+        return self._best if best else self._latest
+
+    def _where(self, step: int, best: bool) -> str:
+        return os.path.join(self.best_dir if best else self.latest_dir, str(step))
+
+    def read_meta(self, step: int, *, best: bool = False) -> dict[str, Any]:
+        where = self._where(step, best)
+        try:
+            out = self._manager_for(best).restore(
+                step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
+            )
+            meta = out["meta"]
+        except Exception as e:  # noqa: BLE001 - any failure means the files are unusable
+            raise _unreadable(where, e) from e
+        if not isinstance(meta, dict):
+            raise _unreadable(where, ValueError("its meta is missing"))
+        return meta
+
+    def _resolve(self, step: int | None, best: bool) -> int | None:
+        have = self.all_steps(best=best)
+        if step is None:
+            return max(have) if have else None
+        if step not in have:
+            raise CheckpointError(
+                f"There is no checkpoint of step {step} in "
+                f"{self.best_dir if best else self.latest_dir}; saved steps: {have or 'none'}."
+            )
+        return step
+
+    def restore(
+        self, abstract_state: Any, expected_meta: Mapping[str, Any], step: int | None = None
+    ) -> Any | None:
+        """The full `TrainState` of `step` (default: latest), or None if nothing is saved.
+
+        `abstract_state` gives shapes, dtypes and shardings (`state.abstract_train_state`).
+        """
+        step = self._resolve(step, best=False)
+        if step is None:
+            return None
+        where = self._where(step, False)
+        check_compatible(self.read_meta(step), expected_meta, where)
+        args = {k: ocp.args.StandardRestore(v) for k, v in _state_items(abstract_state).items()}
+        try:
+            out = self._latest.restore(step, args=ocp.args.Composite(**args))
+        except Exception as e:  # noqa: BLE001
+            raise _unreadable(where, e) from e
+        restored = abstract_state.replace(
+            step=out["progress"]["step"],
+            params=out["params"],
+            ema_params=out["ema_params"],
+            opt_state=out["opt_state"],
+            rng=out["progress"]["rng"],
+        )
+        if int(restored.step) != step:
+            raise _unreadable(where, ValueError(f"it says step {int(restored.step)}"))
+        return restored
+
+    def restore_ema(
+        self,
+        abstract_params: Any,
+        expected_meta: Mapping[str, Any],
+        step: int | None = None,
+        *,
+        best: bool = False,
+    ) -> tuple[Any, int]:
+        """Only the EMA parameters (what sampling needs), of `step` / latest / the best one."""
+        resolved = self._resolve(step, best)
+        if resolved is None:
+            raise CheckpointError(
+                f"No checkpoint in {self.best_dir if best else self.latest_dir}: train first "
+                "(--mode=train with the same --workdir) or point --workdir at a trained run."
+            )
+        where = self._where(resolved, best)
+        check_compatible(self.read_meta(resolved, best=best), expected_meta, where)
+        try:
+            out = self._manager_for(best).restore(
+                resolved,
+                args=ocp.args.Composite(ema_params=ocp.args.StandardRestore(abstract_params)),
+            )
+        except Exception as e:  # noqa: BLE001
+            raise _unreadable(where, e) from e
+        return out["ema_params"], resolved
+
+
+def _unreadable(where: str, error: Exception) -> CheckpointError:
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    logging.debug("checkpoint read failure", exc_info=error)
+    return CheckpointError(
+        f"The checkpoint in {where} cannot be read ({type(error).__name__}: {first_line[:300]}). "
+        "It may be corrupt or incomplete; it was left untouched. Move it away to resume from an "
+        "earlier checkpoint, or pick another --workdir."
+    )

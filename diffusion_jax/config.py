@@ -1,0 +1,79 @@
+"""The config schema: every field a run reads, with its default and meaning.
+
+Files in `configs/` start from `base_config()` and change what differs, so a field exists in every
+config and `--config.a.b=value` can override any of them. `state.validate_config` checks values.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Defaults shared by every config (Ho et al.'s CIFAR-10 settings where they apply)."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0  # fixes initialisation, data order, noise and sampling
+
+    c.data = d = ml_collections.ConfigDict()
+    d.dataset = "cifar10"  # a name data.load_split knows ("mnist", "fashion_mnist", "cifar10")
+    d.data_dir = ml_collections.config_dict.placeholder(str)  # None: TFDS's default data dir
+    d.image_size = 32  # images are resized to image_size x image_size if they differ
+    d.channels = 3  # 1 or 3; grey datasets are repeated to 3 channels when this is 3
+    d.random_flip = False  # horizontal flips, drawn per example per step on device
+    d.num_shards = 0  # data shards (see DESIGN.md "Data order"); 0 = number of processes
+
+    # Exactly the `model.UNet` keyword arguments except image_size, in_channels and rngs.
+    c.model = m = ml_collections.ConfigDict()
+    m.ch = 128
+    m.ch_mult = (1, 2, 2, 2)
+    m.num_res_blocks = 2
+    m.attn_resolutions = (16,)
+    m.dropout = 0.1
+    m.num_groups = 32
+    m.time_emb_dim = ml_collections.config_dict.placeholder(int)  # None: 4 * ch
+    m.num_classes = 0  # > 0: class-conditional (labels from the dataset, guidance when sampling)
+    m.dtype = "float32"  # compute dtype ("bfloat16" on GPUs/TPUs); parameters stay float32
+
+    c.diffusion = f = ml_collections.ConfigDict()
+    f.num_timesteps = 1000
+    f.schedule = "linear"  # "linear" (Ho et al.) or "cosine" (Nichol & Dhariwal)
+    f.prediction = "eps"  # what the network predicts: "eps", "x0" or "v"
+
+    c.train = t = ml_collections.ConfigDict()
+    t.batch_size = 128  # global batch, split evenly over all devices
+    t.num_steps = 800_000
+    t.lr = 2e-4
+    t.warmup_steps = 5000  # linear warmup from 0, then constant
+    t.grad_clip = 1.0  # global-norm clipping; 0 = off
+    t.ema_decay = 0.9999
+    t.ema_warmup = False  # True: decay min(ema_decay, (1 + n) / (10 + n)) at step n
+    t.label_dropout = 0.1  # conditional models: P(label -> null label), for guidance
+    t.log_every = 100
+    t.sample_every = 10_000  # EMA sample grid to workdir/samples; 0 = never
+    t.ckpt_every = 10_000
+    t.keep_checkpoints = 3  # latest N in workdir/checkpoints (+ the best one in workdir/best)
+    t.best_metric = "loss"  # metric that picks workdir/best (lower is better)
+    # Train steps per compiled call (lax.scan, fewer dispatches on accelerators); divides every
+    # interval. Keep 1 on CPUs: XLA:CPU runs backward convolutions ~10x slower inside loops.
+    t.steps_per_call = 1
+    t.time_budget_s = 0.0  # > 0: stop, checkpoint and return after this many seconds
+    t.tensorboard = True  # TensorBoard event files via CLU (needs TF); metrics.jsonl always
+
+    c.sample = s = ml_collections.ConfigDict()
+    s.num_samples = 64  # --mode=sample writes this many to samples.npz
+    s.batch_size = 256  # global sampling batch, split over all devices
+    s.sampler = "ddpm"  # "ddpm" (all T steps) or "ddim"
+    s.num_steps = 100  # DDIM steps (also used for the periodic grids during training)
+    s.eta = 0.0  # DDIM noise; 0 = deterministic
+    s.variance = "fixed_small"  # DDPM variance: "fixed_small" or "fixed_large"
+    s.spacing = "uniform"  # DDIM timestep spacing: "uniform" or "quadratic"
+    s.guidance = 1.0  # classifier-free guidance weight (conditional models; 1 = plain cond.)
+    s.record_steps = ()  # timesteps shown in denoising.png; () = 8 evenly spaced
+
+    # FID evaluation (filled in by the FID work; 0 disables it).
+    c.fid = e = ml_collections.ConfigDict()
+    e.protocol = "tf"
+    e.num_samples = 0
+    e.every = 0
+    e.weights = ml_collections.config_dict.placeholder(str)
+    return c

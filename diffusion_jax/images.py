@@ -1,0 +1,124 @@
+"""Pictures of a run: sample grids, the denoising process, the loss curve.
+
+Inputs are uint8 NHWC (quantize model-space floats with `diffusion_jax.fid.quantize` first, the
+one rounding rule of the project). Figures use matplotlib's object API with the Agg canvas, so
+nothing here touches a display or the global pyplot state.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from PIL import Image
+
+
+def _check_uint8(images: np.ndarray, ndim: int = 4) -> np.ndarray:
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != ndim or images.shape[-1] not in (1, 3):
+        raise ValueError(
+            f"expected uint8 images with {ndim} dims and 1 or 3 channels, got "
+            f"{images.dtype} {images.shape}"
+        )
+    return images
+
+
+def grid(images: np.ndarray, cols: int = 8, pad: int = 2, pad_value: int = 255) -> np.ndarray:
+    """Tile uint8 [N, H, W, C] into one uint8 [rows*(H+pad)+pad, cols*(W+pad)+pad, C] image."""
+    images = _check_uint8(images)
+    n, h, w, c = images.shape
+    cols = max(1, min(cols, n))
+    rows = math.ceil(n / cols)
+    out = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, c), pad_value, np.uint8)
+    for i in range(n):
+        r, k = divmod(i, cols)
+        y, x = pad + r * (h + pad), pad + k * (w + pad)
+        out[y : y + h, x : x + w] = images[i]
+    return out
+
+
+def save_png(path: str, image: np.ndarray) -> str:
+    """Write one uint8 [H, W, C] image (C = 1 is saved as greyscale)."""
+    image = _check_uint8(image, ndim=3)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(path)
+    return path
+
+
+def save_grid(path: str, images: np.ndarray, cols: int = 8) -> str:
+    """The first cols*cols images as a square grid PNG (8x8 by default)."""
+    return save_png(path, grid(np.asarray(images)[: cols * cols], cols=cols))
+
+
+def _panel(ax, frames: np.ndarray, timesteps: Sequence[int], title: str) -> None:
+    """frames uint8 [S, B, H, W, C] -> one axis: rows = samples, columns = timesteps."""
+    s, b, h, w, c = frames.shape
+    tiles = frames.transpose(1, 0, 2, 3, 4).reshape(b * s, h, w, c)  # row-major: sample, step
+    pad = 2
+    image = grid(tiles, cols=s, pad=pad)
+    ax.imshow(image[..., 0] if c == 1 else image, cmap="gray" if c == 1 else None)
+    ax.set_xticks([pad + k * (w + pad) + w / 2 for k in range(s)])
+    ax.set_xticklabels([f"t={int(t)}" for t in timesteps], fontsize=8)
+    ax.set_yticks([])
+    ax.set_title(title, fontsize=10)
+
+
+def denoising_figure(
+    path: str,
+    trajectory: np.ndarray,
+    timesteps: Sequence[int],
+    x0_predictions: np.ndarray | None = None,
+) -> str:
+    """The reverse process as a PNG: rows = samples, columns = x_t at the labelled timesteps.
+
+    `trajectory` is uint8 [S, B, H, W, C] (S recorded timesteps, noisiest first); with
+    `x0_predictions` (same shape) a second panel shows the model's x_0 estimate at each step.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    trajectory = np.asarray(trajectory)
+    if trajectory.ndim != 5 or trajectory.dtype != np.uint8:
+        raise ValueError(f"trajectory must be uint8 [S, B, H, W, C], got {trajectory.shape}")
+    if len(timesteps) != trajectory.shape[0]:
+        raise ValueError(f"{len(timesteps)} timesteps for {trajectory.shape[0]} recorded steps")
+    s, b = trajectory.shape[:2]
+    panels = [(trajectory, "x_t (the sample being denoised)")]
+    if x0_predictions is not None:
+        panels.append((np.asarray(x0_predictions), "predicted x_0 at each step"))
+    fig = Figure(figsize=(0.9 * s * len(panels) + 0.5, 0.9 * b + 0.8), dpi=100)
+    FigureCanvasAgg(fig)
+    for k, (frames, title) in enumerate(panels):
+        _panel(fig.add_subplot(1, len(panels), k + 1), frames, timesteps, title)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
+def loss_curve(
+    records: Sequence[Mapping[str, float]], path: str, keys: Sequence[str] = ("loss",)
+) -> str:
+    """Plot `keys` of metric records (`writers.read_metrics`) against the step, log-scale y."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    for key in keys:
+        points = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
+        if points:
+            steps, values = zip(*points, strict=True)
+            ax.plot(steps, values, label=key)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel(", ".join(keys))
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path)
+    return path

@@ -1,0 +1,125 @@
+"""Entry point: `python -m diffusion_jax.main --config=configs/<name>.py --workdir=DIR`.
+
+    --mode=train (default) | sample | eval | fid_stats
+    --config.a.b=value     overrides any config field (see diffusion_jax/config.py)
+    --checkpoint=N|best    which checkpoint sample/eval read (default: the latest)
+    --coordinator_address, --num_processes, --process_id   multi-process runs (launch/)
+
+This module only parses flags, validates, and dispatches to a mode's function. Mistakes a user
+can fix (`UserError`, `ValueError`, a bad flag or config file) become one logged message and
+exit code 2 (3 when training diverged), never a traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Callable
+
+import ml_collections
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from diffusion_jax import parallel, sampling, train
+from diffusion_jax import state as state_lib
+from diffusion_jax.errors import TrainingDivergedError, UserError
+
+EXIT_USER_ERROR = 2
+EXIT_DIVERGED = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class RunArgs:
+    """What a mode gets besides the config: the flags that are not config fields."""
+
+    workdir: str
+    checkpoint: str | None
+
+
+def _train(config: ml_collections.ConfigDict, args: RunArgs) -> None:
+    train.train_and_evaluate(config, args.workdir)
+
+
+def _sample(config: ml_collections.ConfigDict, args: RunArgs) -> None:
+    sampling.run(config, args.workdir, checkpoint=args.checkpoint)
+
+
+def _not_available(mode: str) -> Callable[[ml_collections.ConfigDict, RunArgs], None]:
+    def run(config: ml_collections.ConfigDict, args: RunArgs) -> None:
+        raise UserError(
+            f"--mode={mode} is not available yet: it comes with FID evaluation "
+            "(diffusion_jax/evaluate.py). Use --mode=train or --mode=sample."
+        )
+
+    return run
+
+
+# The modes; evaluation adds its entries here.
+MODES: dict[str, Callable[[ml_collections.ConfigDict, RunArgs], object]] = {
+    "train": _train,
+    "sample": _sample,
+    "eval": _not_available("eval"),
+    "fid_stats": _not_available("fid_stats"),
+}
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file, e.g. configs/cifar10.py; fields overridable as --config.a.b=v."
+)
+flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, samples.")
+flags.DEFINE_enum("mode", "train", list(MODES), "What to do.")
+flags.DEFINE_string(
+    "checkpoint", None, "Checkpoint for sample/eval: a step number, 'latest' or 'best'."
+)
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs).")
+flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).")
+flags.DEFINE_integer("process_id", None, "This process's index (multi-process runs).")
+FLAGS = flags.FLAGS
+
+
+def _fail(message: str, code: int) -> int:
+    logging.error("%s", message)
+    return code
+
+
+def run(argv: list[str]) -> int:
+    """Validate and dispatch; returns the process exit code."""
+    if len(argv) > 1:
+        return _fail(
+            f"Unexpected arguments {argv[1:]}; flags are written --name=value.", EXIT_USER_ERROR
+        )
+    try:
+        spec = parallel.spec_from_env(
+            FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
+        )
+        parallel.initialize(spec)
+        config = _CONFIG.value
+        if config is None:
+            raise UserError("--config is required, e.g. --config=configs/cifar10.py.")
+        if not FLAGS.workdir:
+            raise UserError("--workdir is required: the run's directory (checkpoints, metrics).")
+        state_lib.validate_config(config)
+        MODES[FLAGS.mode](config, RunArgs(FLAGS.workdir, FLAGS.checkpoint))
+    except TrainingDivergedError as e:
+        return _fail(str(e), EXIT_DIVERGED)
+    except (UserError, ValueError) as e:
+        return _fail(str(e), EXIT_USER_ERROR)
+    return 0
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a bad flag or config file reported in one line (exit 2)."""
+    try:
+        return FLAGS(argv)
+    except Exception as e:  # noqa: BLE001 - flags.Error, or whatever the config file raised
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        print("Usage: python -m diffusion_jax.main --config=configs/<name>.py --workdir=DIR "
+              "[--mode=train|sample] [--config.a.b=value ...]", file=sys.stderr)  # fmt: skip
+        sys.exit(EXIT_USER_ERROR)
+
+
+def main() -> None:
+    app.run(run, flags_parser=_parse_flags)
+
+
+if __name__ == "__main__":
+    main()

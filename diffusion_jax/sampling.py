@@ -1,0 +1,242 @@
+"""Generating images: N samples in sharded batches streamed to the host, and `--mode=sample`.
+
+A `Generator` is one compiled sampling function for a fixed global batch: the batch is split
+over every device, the noise of batch `b` comes from `fold_in(rng, b)`, and class-conditional
+models get class-balanced labels (`i % num_classes` for sample `i`) with classifier-free
+guidance. `generate` runs it batch after batch and hands each batch to the host (float32 ->
+uint8 with `fid.quantize`, the one rounding rule), so N never has to fit on the devices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+
+from diffusion_jax import checkpoint, diffusion, images, parallel, samplers, writers
+from diffusion_jax import state as state_lib
+from diffusion_jax.errors import UserError
+from diffusion_jax.fid import quantize
+
+SAMPLE_STREAM = 1  # `fold_in(PRNGKey(config.seed), SAMPLE_STREAM)` seeds --mode=sample
+OUTPUT_DIR = "sample"
+
+
+@dataclasses.dataclass(frozen=True)
+class Generator:
+    """`fn(params, rng, batch_index) -> (samples float32 [B, H, W, C], labels int32 [B] | None)`,
+    compiled once, outputs sharded over the batch."""
+
+    fn: Callable[[nnx.State, jax.Array, jax.Array], tuple[jax.Array, jax.Array | None]]
+    batch_size: int
+
+
+def batch_size_for(num_samples: int, max_batch: int, mesh: Mesh) -> int:
+    """The smallest device-filling batch (a multiple of the device count) up to `max_batch`."""
+    n = parallel.num_devices(mesh)
+    needed = -(-num_samples // n) * n
+    return max(n, min(max_batch - max_batch % n or n, needed))
+
+
+def class_labels(start, batch_size: int, num_classes: int) -> jax.Array:
+    """Class-balanced labels of samples start..start+batch_size-1: sample i gets i % classes."""
+    return ((start + jnp.arange(batch_size)) % num_classes).astype(jnp.int32)
+
+
+def make_generator(
+    config: ml_collections.ConfigDict,
+    graphdef: nnx.GraphDef,
+    schedule: diffusion.Schedule,
+    mesh: Mesh,
+    *,
+    batch_size: int,
+    fast: bool = False,
+) -> Generator:
+    """One compiled sampler of `config.sample` (`fast`: DDIM, for previews during training)."""
+    parallel.check_divisible(batch_size, mesh, "the sampling batch size")
+    settings = state_lib.sample_settings(config, fast=fast)
+    shape = (batch_size, config.data.image_size, config.data.image_size, config.data.channels)
+    batch = parallel.batch_sharding(mesh)
+    num_classes = config.model.num_classes
+
+    def fn(params, rng, batch_index):
+        labels = None
+        if num_classes:
+            labels = class_labels(batch_index * batch_size, batch_size, num_classes)
+            labels = jax.lax.with_sharding_constraint(labels, batch)
+        denoise = state_lib.denoise_fn_for(config, graphdef, params, schedule, labels)
+
+        def sharded_denoise(x, t):
+            return denoise(jax.lax.with_sharding_constraint(x, batch), t)
+
+        key = jax.random.fold_in(rng, batch_index)
+        out = samplers.sample(sharded_denoise, schedule, shape, key, **settings)
+        return out.samples, labels
+
+    return Generator(jax.jit(fn, out_shardings=batch), batch_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class Batch:
+    images: np.ndarray  # uint8 [n, H, W, C]
+    labels: np.ndarray | None  # int32 [n] for class-conditional models
+    start: int  # index of images[0] among all generated samples
+
+
+def generate(
+    generator: Generator,
+    params: nnx.State,
+    num_samples: int,
+    rng: jax.Array,
+    *,
+    gather: bool = True,
+    progress: bool = False,
+) -> Iterator[Batch]:
+    """Yields the `num_samples` images batch by batch, quantized on the host.
+
+    `gather=True`: every process receives every image (what a writer or FID needs); otherwise
+    each process gets only the rows its devices computed. The next batch is dispatched before
+    the current one is fetched, so the devices stay busy while the host copies.
+    """
+    b = generator.batch_size
+    num_batches = -(-num_samples // b)
+    bar = writers.progress_bar(num_samples, desc="sample", unit="img", enabled=progress)
+    pending = generator.fn(params, rng, jnp.int32(0)) if num_batches else None
+    for k in range(num_batches):
+        samples, labels = pending
+        if k + 1 < num_batches:
+            pending = generator.fn(params, rng, jnp.int32(k + 1))
+        take = min(b, num_samples - k * b)
+        if gather:
+            x, y, offset = parallel.process_allgather(samples), labels, 0
+            y = None if labels is None else parallel.process_allgather(labels)
+        else:
+            x = parallel.local_rows(samples)
+            y = None if labels is None else parallel.local_rows(labels)
+            offset = jax.process_index() * x.shape[0]
+        keep = max(0, min(x.shape[0], take - offset))
+        bar.update(take)
+        yield Batch(quantize(x[:keep]), None if y is None else y[:keep], k * b + offset)
+    bar.close()
+
+
+def generate_all(
+    generator: Generator, params: nnx.State, num_samples: int, rng: jax.Array, **kwargs
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """All images (uint8 [N, H, W, C]) and labels on every process."""
+    batches = list(generate(generator, params, num_samples, rng, gather=True, **kwargs))
+    x = np.concatenate([bt.images for bt in batches])
+    y = None if batches[0].labels is None else np.concatenate([bt.labels for bt in batches])
+    return x, y
+
+
+def denoising_process(
+    config: ml_collections.ConfigDict,
+    graphdef: nnx.GraphDef,
+    params: nnx.State,
+    schedule: diffusion.Schedule,
+    rng: jax.Array,
+    mesh: Mesh,
+    *,
+    num_rows: int = 8,
+) -> samplers.SampleOutput:
+    """A few chains with x_t and the x_0 prediction recorded at `config.sample.record_steps`.
+
+    Small enough to run replicated; arrays are uint8 on the host.
+    """
+    record = state_lib.record_steps(config)
+    shape = (num_rows, config.data.image_size, config.data.image_size, config.data.channels)
+    settings = state_lib.sample_settings(config)
+
+    def fn(params, rng):
+        labels = None
+        if config.model.num_classes:
+            labels = class_labels(0, num_rows, config.model.num_classes)
+        denoise = state_lib.denoise_fn_for(config, graphdef, params, schedule, labels)
+        return samplers.sample(denoise, schedule, shape, rng, record_steps=record, **settings)
+
+    out = jax.jit(fn, out_shardings=parallel.replicated(mesh))(params, rng)
+    host = jax.tree.map(parallel.process_allgather, out)
+    return samplers.SampleOutput(
+        samples=quantize(host.samples),
+        trajectory=quantize(np.clip(host.trajectory, -1.0, 1.0)),
+        x0_predictions=quantize(host.x0_predictions),
+        timesteps=host.timesteps,
+    )
+
+
+def load_ema_params(
+    config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, which: str | int | None = None
+) -> tuple[nnx.State, int]:
+    """EMA parameters of the latest checkpoint, of step `which`, or of the best one ("best")."""
+    best = which == "best"
+    step = None
+    if which not in (None, "", "latest", "best"):
+        try:
+            step = int(which)
+        except ValueError:
+            raise UserError(
+                f"--checkpoint={which!r}: give a step number, 'latest' or 'best'."
+            ) from None
+    abstract = state_lib.abstract_train_state(config, parallel.replicated(mesh)).ema_params
+    expected = checkpoint.make_meta(config, abstract)
+    ckpts = checkpoint.Checkpoints(workdir, read_only=True)
+    try:
+        return ckpts.restore_ema(abstract, expected, step, best=best)
+    finally:
+        ckpts.close()
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, *, checkpoint: str | None = None) -> dict:
+    """`--mode=sample`: EMA samples of a trained run into `workdir/sample/`.
+
+    Writes `samples.npz` (`images` uint8 [N, H, W, C], plus `labels` for conditional models),
+    `grid.png` (the first 64) and `denoising.png` (x_t and predicted x_0 along a few chains).
+    """
+    state_lib.validate_config(config)
+    n = config.sample.num_samples
+    if n < 1:
+        raise UserError(f"config.sample.num_samples={n} must be >= 1 for --mode=sample.")
+    mesh = parallel.make_mesh()
+    parallel.check_divisible(config.sample.batch_size, mesh, "config.sample.batch_size")
+    graphdef = state_lib.graphdef_of(config)
+    schedule = state_lib.build_schedule(config)
+    params, step = load_ema_params(config, workdir, mesh, checkpoint)
+    logging.info("Sampling %d images from the EMA parameters of step %d.", n, step)
+
+    rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), SAMPLE_STREAM)
+    grid_key, chain_key = jax.random.split(rng)
+    batch = batch_size_for(n, config.sample.batch_size, mesh)
+    generator = make_generator(config, graphdef, schedule, mesh, batch_size=batch)
+    is_main = parallel.is_main_process()
+    x, y = generate_all(generator, params, n, grid_key, progress=is_main)
+    chains = denoising_process(config, graphdef, params, schedule, chain_key, mesh)
+
+    out_dir = os.path.join(workdir, OUTPUT_DIR)
+    paths = {
+        "samples": os.path.join(out_dir, "samples.npz"),
+        "grid": os.path.join(out_dir, "grid.png"),
+        "denoising": os.path.join(out_dir, "denoising.png"),
+    }
+    if is_main:
+        os.makedirs(out_dir, exist_ok=True)
+        arrays = {"images": x} if y is None else {"images": x, "labels": y}
+        np.savez(paths["samples"], **arrays)
+        images.save_grid(paths["grid"], x)
+        images.denoising_figure(
+            paths["denoising"],
+            chains.trajectory,
+            [int(t) for t in chains.timesteps],
+            chains.x0_predictions,
+        )
+        logging.info("Wrote %s", ", ".join(paths.values()))
+    parallel.sync("sample_written")
+    return paths

@@ -1,0 +1,294 @@
+"""From a config to the things a run is made of: model, schedule, optimizer and `TrainState`.
+
+`validate_config` is the one place that checks a config; every workflow calls it first so a bad
+value fails before anything is compiled, with a message that names the setting.
+"""
+
+from __future__ import annotations
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from diffusion_jax import data, diffusion, samplers
+from diffusion_jax.errors import UserError
+from diffusion_jax.model import UNet
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything training needs to continue exactly where it stopped (all of it checkpointed).
+
+    `rng` is the root key of the data order, the diffusion noise, timesteps and dropout: each
+    step derives its keys with `fold_in(rng, step)`, so a resumed run repeats the same draws.
+    """
+
+    step: jax.Array  # int32 scalar: number of optimizer updates done
+    params: nnx.State
+    ema_params: nnx.State
+    opt_state: optax.OptState
+    rng: jax.Array  # raw uint32[2] PRNG key
+
+
+def build_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> UNet:
+    """The U-Net of `config.model` for `config.data`'s image size and channels."""
+    kwargs = config.model.to_dict()
+    kwargs["ch_mult"] = tuple(kwargs["ch_mult"])
+    kwargs["attn_resolutions"] = tuple(kwargs["attn_resolutions"])
+    try:
+        return UNet(
+            image_size=config.data.image_size,
+            in_channels=config.data.channels,
+            rngs=rngs,
+            **kwargs,
+        )
+    except ValueError as e:
+        raise UserError(f"config.model does not build a U-Net: {e}") from e
+
+
+def abstract_model(config: ml_collections.ConfigDict) -> UNet:
+    """The model with shapes only (no memory, no compute): for graphdefs and restore templates."""
+    return nnx.eval_shape(lambda: build_model(config, nnx.Rngs(0)))
+
+
+def build_schedule(config: ml_collections.ConfigDict) -> diffusion.Schedule:
+    return diffusion.make_schedule(config.diffusion.schedule, config.diffusion.num_timesteps)
+
+
+def learning_rate(config: ml_collections.ConfigDict) -> optax.Schedule:
+    """Linear warmup from 0 over `warmup_steps` (Ho et al.), then constant."""
+    t = config.train
+    if t.warmup_steps > 0:
+        return optax.linear_schedule(0.0, t.lr, t.warmup_steps)
+    return optax.constant_schedule(t.lr)
+
+
+def build_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """Adam behind optional global-norm clipping.
+
+    `identity` stands in for a disabled clip so the optimizer state has the same structure
+    either way (a checkpoint restores whether or not clipping is on).
+    """
+    t = config.train
+    clip = optax.clip_by_global_norm(t.grad_clip) if t.grad_clip > 0 else optax.identity()
+    return optax.chain(clip, optax.adam(learning_rate(config), b1=0.9, b2=0.999, eps=1e-8))
+
+
+def ema_decay(config: ml_collections.ConfigDict, step: jax.Array) -> jax.Array:
+    """EMA decay at update `step`; with `ema_warmup` early averages forget the random init."""
+    decay = jnp.float32(config.train.ema_decay)
+    if config.train.ema_warmup:
+        n = jnp.asarray(step, jnp.float32)
+        decay = jnp.minimum(decay, (1.0 + n) / (10.0 + n))
+    return decay
+
+
+def _init_state(config: ml_collections.ConfigDict) -> TrainState:
+    init_key, train_key = jax.random.split(jax.random.PRNGKey(config.seed))
+    model = build_model(config, nnx.Rngs(params=init_key))
+    params = nnx.state(model, nnx.Param)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        ema_params=jax.tree.map(jnp.copy, params),  # EMA starts at the init, not at zeros
+        opt_state=build_optimizer(config).init(params),
+        rng=train_key,
+    )
+
+
+def graphdef_of(config: ml_collections.ConfigDict) -> nnx.GraphDef:
+    """The static structure that `nnx.merge(graphdef, params)` turns back into a model."""
+    graphdef, _ = nnx.split(abstract_model(config), nnx.Param)
+    return graphdef
+
+
+def init_train_state(
+    config: ml_collections.ConfigDict, sharding: jax.sharding.Sharding | None = None
+) -> tuple[nnx.GraphDef, TrainState]:
+    """Fresh parameters (float32), EMA = parameters, Adam state, step 0.
+
+    Initialisation is compiled, with `sharding` (usually replicated) as the output layout, so the
+    state is created in place on the devices and is the same for any number of devices.
+    """
+    init = jax.jit(lambda: _init_state(config), out_shardings=sharding)
+    return graphdef_of(config), init()
+
+
+def abstract_train_state(
+    config: ml_collections.ConfigDict, sharding: jax.sharding.Sharding | None = None
+) -> TrainState:
+    """Shapes, dtypes and shardings of `init_train_state` without computing it (restore target)."""
+    shapes = jax.eval_shape(lambda: _init_state(config))
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
+
+
+def denoise_fn_for(
+    config: ml_collections.ConfigDict,
+    graphdef: nnx.GraphDef,
+    params: nnx.State,
+    schedule: diffusion.Schedule,
+    labels: jax.Array | None = None,
+) -> diffusion.DenoiseFn:
+    """The eps-predicting function the samplers take, for EMA (or any) parameters.
+
+    Converts x0/v predictions to eps, and for class-conditional models applies classifier-free
+    guidance with `config.sample.guidance` toward `labels`.
+    """
+    model = nnx.merge(graphdef, params)
+    prediction = config.diffusion.prediction
+
+    def cond_fn(x, t, y):
+        return diffusion.eps_from_output(schedule, x, t, model(x, t, y), prediction)
+
+    if config.model.num_classes:
+        if labels is None:
+            raise ValueError("a class-conditional model needs labels to sample")
+        return samplers.classifier_free_guidance(
+            cond_fn, labels, config.sample.guidance, config.model.num_classes
+        )
+    return lambda x, t: cond_fn(x, t, None)
+
+
+def default_record_steps(num_timesteps: int, count: int = 8) -> tuple[int, ...]:
+    """`count` timesteps from T-1 down to 0, evenly spaced (the denoising picture's columns)."""
+    count = min(count, num_timesteps)
+    steps = np.round(np.linspace(num_timesteps - 1, 0, count)).astype(int)
+    return tuple(dict.fromkeys(int(s) for s in steps))
+
+
+def record_steps(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+    steps = tuple(int(s) for s in config.sample.record_steps)
+    return steps or default_record_steps(config.diffusion.num_timesteps)
+
+
+def num_shards(config: ml_collections.ConfigDict) -> int:
+    """`config.data.num_shards`, with 0 meaning one shard per process."""
+    return int(config.data.num_shards) or jax.process_count()
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+
+
+def _check(ok: bool, name: str, value, requirement: str) -> None:
+    if not ok:
+        raise UserError(f"config.{name}={value!r} {requirement}.")
+
+
+def _positive_int(config, name: str) -> None:
+    value = _get(config, name)
+    ok = isinstance(value, int) and not isinstance(value, bool) and value > 0
+    _check(ok, name, value, "must be a positive integer")
+
+
+def _get(config, name: str):
+    node = config
+    for part in name.split("."):
+        node = node[part]
+    return node
+
+
+def _one_of(config, name: str, choices) -> None:
+    value = _get(config, name)
+    _check(value in choices, name, value, f"is not one of {tuple(choices)}")
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Raise `UserError` naming the first bad setting (e.g. `config.train.lr=-1 ...`)."""
+    if config is None:
+        raise UserError("No config given: pass --config=configs/<name>.py.")
+    try:
+        _validate(config)
+    except (KeyError, AttributeError) as e:
+        raise UserError(
+            f"The config lacks the setting {e}; start configs from "
+            "diffusion_jax.config.base_config() so every field exists."
+        ) from e
+
+
+def _validate(config: ml_collections.ConfigDict) -> None:
+    _check(isinstance(config.seed, int), "seed", config.seed, "must be an integer")
+
+    _one_of(config, "data.dataset", data.DATASETS)
+    _positive_int(config, "data.image_size")
+    _one_of(config, "data.channels", (1, 3))
+    shards = config.data.num_shards
+    _check(isinstance(shards, int) and shards >= 0, "data.num_shards", shards, "must be >= 0")
+
+    _one_of(config, "diffusion.schedule", diffusion.SCHEDULES)
+    _one_of(config, "diffusion.prediction", diffusion.PREDICTIONS)
+    _positive_int(config, "diffusion.num_timesteps")
+
+    t = config.train
+    for name in ("batch_size", "num_steps", "log_every", "ckpt_every", "keep_checkpoints"):
+        _positive_int(config, f"train.{name}")
+    _positive_int(config, "train.steps_per_call")
+    _check(t.lr > 0, "train.lr", t.lr, "must be > 0")
+    _check(t.warmup_steps >= 0, "train.warmup_steps", t.warmup_steps, "must be >= 0")
+    _check(t.grad_clip >= 0, "train.grad_clip", t.grad_clip, "must be >= 0 (0 = off)")
+    _check(0 <= t.ema_decay < 1, "train.ema_decay", t.ema_decay, "must be in [0, 1)")
+    _check(0 <= t.label_dropout < 1, "train.label_dropout", t.label_dropout, "must be in [0, 1)")
+    _check(t.sample_every >= 0, "train.sample_every", t.sample_every, "must be >= 0 (0 = off)")
+    _check(t.time_budget_s >= 0, "train.time_budget_s", t.time_budget_s, "must be >= 0 (0 = off)")
+    _check(t.best_metric != "", "train.best_metric", t.best_metric, "must name a metric")
+    k = t.steps_per_call
+    for name in ("num_steps", "log_every", "ckpt_every", "sample_every"):
+        value = t[name]
+        _check(
+            value % k == 0,
+            f"train.{name}",
+            value,
+            f"must be a multiple of config.train.steps_per_call={k} (steps run {k} at a time)",
+        )
+    every = config.fid.every
+    _check(every >= 0 and every % k == 0, "fid.every", every, f"must be >= 0 and a multiple of {k}")
+    n = shards or jax.process_count()
+    _check(
+        t.batch_size % n == 0,
+        "train.batch_size",
+        t.batch_size,
+        f"must be a multiple of the number of data shards ({n}; config.data.num_shards)",
+    )
+
+    s = config.sample
+    _one_of(config, "sample.sampler", samplers.SAMPLERS)
+    _one_of(config, "sample.variance", samplers.VARIANCES)
+    _one_of(config, "sample.spacing", samplers.SPACINGS)
+    _positive_int(config, "sample.batch_size")
+    _check(s.num_samples >= 0, "sample.num_samples", s.num_samples, "must be >= 0")
+    _check(s.eta >= 0, "sample.eta", s.eta, "must be >= 0")
+    _check(s.guidance >= 0, "sample.guidance", s.guidance, "must be >= 0")
+    num_t = config.diffusion.num_timesteps
+    if s.sampler == "ddim" or t.sample_every:
+        _check(
+            isinstance(s.num_steps, int) and 1 <= s.num_steps <= num_t,
+            "sample.num_steps",
+            s.num_steps,
+            f"must be in [1, config.diffusion.num_timesteps={num_t}] (DDIM steps)",
+        )
+    bad = [r for r in s.record_steps if not 0 <= int(r) < num_t]
+    _check(not bad, "sample.record_steps", tuple(s.record_steps), f"must lie in [0, {num_t})")
+    if s.guidance != 1 and not config.model.num_classes:
+        raise UserError(
+            f"config.sample.guidance={s.guidance} needs a class-conditional model; set "
+            "config.model.num_classes > 0 or leave guidance at 1."
+        )
+
+    abstract_model(config)  # model settings: raises UserError naming what does not fit
+
+
+def sample_settings(config: ml_collections.ConfigDict, *, fast: bool = False) -> dict:
+    """Keyword arguments of `samplers.sample` for `config.sample` (`fast`: DDIM, for previews)."""
+    s = config.sample
+    sampler = "ddim" if fast else s.sampler
+    return dict(
+        sampler=sampler,
+        num_steps=s.num_steps if sampler == "ddim" else None,
+        eta=s.eta,
+        variance=s.variance,
+        spacing=s.spacing,
+    )

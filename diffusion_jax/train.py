@@ -1,0 +1,409 @@
+"""Training: the compiled train step (a pure function of pytrees) and the loop around it.
+
+The step takes the `TrainState` and the whole training split (uint8, on the devices) and does
+everything on device: picks the batch of step n (see DESIGN.md "Data order"), converts and flips
+it, draws timesteps, noise, dropout and label dropout from `fold_in(state.rng, n)`, and updates
+parameters, Adam state and EMA. `steps_per_call` steps run inside one compiled call (`lax.scan`).
+Because every random draw is a function of (state.rng, step), a run resumed from a checkpoint
+repeats exactly the computation of a run that never stopped.
+
+The loop restores the latest checkpoint in `workdir`, logs at `log_every` steps (the only time
+metrics leave the devices), checks that the loss is finite before every save, saves every
+`ckpt_every` steps, draws EMA sample grids every `sample_every` steps, stops cleanly on SIGTERM /
+SIGINT or at `time_budget_s`, and calls an optional `evaluate_fn` every `config.fid.every` steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import math
+import os
+import signal
+import time
+from collections.abc import Callable, Mapping
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from diffusion_jax import checkpoint, data, diffusion, images, parallel, sampling, writers
+from diffusion_jax import state as state_lib
+from diffusion_jax.errors import TrainingDivergedError, UserError
+from diffusion_jax.state import TrainState
+
+# evaluate_fn(step, ema_params) -> {metric: value} or None; `config.train.best_metric` among
+# its metrics picks the checkpoint kept in workdir/best.
+EvaluateFn = Callable[[int, nnx.State], Mapping[str, float] | None]
+
+_DATA_STREAM, _STEP_STREAM = 0, 1  # fold_in(state.rng, stream): data order / per-step draws
+
+
+@flax.struct.dataclass
+class TrainData:
+    """The training split on the devices: shard s of `num_shards` is row s of both arrays."""
+
+    images: jax.Array  # uint8 [num_shards, shard_size, H, W, C], split over processes
+    labels: jax.Array  # int32 [num_shards, shard_size]
+
+    @property
+    def shard_size(self) -> int:
+        return int(self.images.shape[1])
+
+    @property
+    def num_shards(self) -> int:
+        return int(self.images.shape[0])
+
+
+def load_train_data(config: ml_collections.ConfigDict, mesh: Mesh) -> TrainData:
+    """Reads this process's shards (`range(p*k, (p+1)*k)`) and makes them one global array."""
+    n, procs = state_lib.num_shards(config), jax.process_count()
+    if n % procs:
+        raise UserError(
+            f"config.data.num_shards={n} must be a multiple of the number of processes ({procs})."
+        )
+    k, p = n // procs, jax.process_index()
+    split = data.load_split(
+        config.data.dataset,
+        "train",
+        data_dir=config.data.data_dir,
+        image_size=config.data.image_size,
+        channels=config.data.channels,
+        shards=range(p * k, (p + 1) * k),
+        num_shards=n,
+        progress=parallel.is_main_process(),
+    )
+    per_shard = config.train.batch_size // n
+    if split.images.shape[1] < per_shard:
+        raise UserError(
+            f"config.train.batch_size={config.train.batch_size} needs {per_shard} examples per "
+            f"data shard, but each of the {n} shards has only {split.images.shape[1]}."
+        )
+    sharding = parallel.host_sharding(mesh)
+    return TrainData(
+        images=parallel.global_array(split.images, sharding),
+        labels=parallel.global_array(split.labels, sharding),
+    )
+
+
+def select_batch(
+    train_data: TrainData, data_key: jax.Array, step: jax.Array, batch_size: int
+) -> tuple[jax.Array, jax.Array]:
+    """The global batch of `step`: shard s contributes rows `perm_s[i*b:(i+1)*b]`, where
+    `perm_s = permutation(fold_in(fold_in(data_key, epoch), s))` and b = batch / num_shards.
+
+    Depends only on the key, the step and the number of shards, never on the devices.
+    """
+    n, size = train_data.num_shards, train_data.shard_size
+    b = batch_size // n
+    steps_per_epoch = size // b
+    epoch, i = step // steps_per_epoch, step % steps_per_epoch
+    epoch_key = jax.random.fold_in(data_key, epoch)
+
+    def rows(s, shard_images, shard_labels):
+        perm = jax.random.permutation(jax.random.fold_in(epoch_key, s), size)
+        idx = jax.lax.dynamic_slice_in_dim(perm, i * b, b)
+        return shard_images[idx], shard_labels[idx]
+
+    x, y = jax.vmap(rows)(jnp.arange(n), train_data.images, train_data.labels)
+    return x.reshape(n * b, *x.shape[2:]), y.reshape(n * b)
+
+
+def train_step(
+    state: TrainState,
+    train_data: TrainData,
+    *,
+    config: ml_collections.ConfigDict,
+    graphdef: nnx.GraphDef,
+    schedule: diffusion.Schedule,
+    optimizer: optax.GradientTransformation,
+    batch_sharding: jax.sharding.Sharding | None = None,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimizer update; returns the new state and this step's loss, grad norm and lr."""
+    step = state.step
+    data_key = jax.random.fold_in(state.rng, _DATA_STREAM)
+    step_key = jax.random.fold_in(jax.random.fold_in(state.rng, _STEP_STREAM), step)
+    loss_key, dropout_key, flip_key, label_key = jax.random.split(step_key, 4)
+
+    x, labels = select_batch(train_data, data_key, step, config.train.batch_size)
+    if batch_sharding is not None:
+        x = jax.lax.with_sharding_constraint(x, batch_sharding)
+        labels = jax.lax.with_sharding_constraint(labels, batch_sharding)
+    x = data.to_model_space(x)
+    batch = x.shape[0]
+    if config.data.random_flip:
+        flip = jax.random.bernoulli(flip_key, 0.5, (batch, 1, 1, 1))
+        x = jnp.where(flip, x[:, :, ::-1, :], x)
+    y = None
+    if config.model.num_classes:  # drop labels to the null label (for classifier-free guidance)
+        drop = jax.random.bernoulli(label_key, config.train.label_dropout, (batch,))
+        y = jnp.where(drop, config.model.num_classes, labels)
+
+    def loss_fn(params):
+        model = nnx.merge(graphdef, params)
+
+        def denoise(x_t, t):
+            return model(x_t, t, y, train=True, rngs=nnx.Rngs(dropout=dropout_key))
+
+        losses = diffusion.training_loss(
+            schedule, denoise, x, loss_key, prediction=config.diffusion.prediction
+        )
+        return jnp.mean(losses)
+
+    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    decay = state_lib.ema_decay(config, step)
+    ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
+    metrics = {
+        "loss": loss,
+        "grad_norm": optax.global_norm(grads),  # before clipping
+        "lr": state_lib.learning_rate(config)(step),
+    }
+    new_state = state.replace(step=step + 1, params=params, ema_params=ema, opt_state=opt_state)
+    return new_state, metrics
+
+
+def make_train_call(
+    config: ml_collections.ConfigDict,
+    graphdef: nnx.GraphDef,
+    schedule: diffusion.Schedule,
+    mesh: Mesh,
+) -> Callable[[TrainState, TrainData], tuple[TrainState, dict[str, jax.Array]]]:
+    """`steps_per_call` train steps as one compiled call; metrics come back stacked [k].
+
+    Parameters, optimizer state and EMA are replicated, the batch is split over every device,
+    and the state's buffers are donated (updated in place).
+    """
+    step = functools.partial(
+        train_step,
+        config=config,
+        graphdef=graphdef,
+        schedule=schedule,
+        optimizer=state_lib.build_optimizer(config),
+        batch_sharding=parallel.batch_sharding(mesh),
+    )
+
+    def call(state: TrainState, train_data: TrainData):
+        k = config.train.steps_per_call
+        if k == 1:  # no loop: XLA:CPU runs backward convolutions ~10x slower inside loops
+            state, metrics = step(state, train_data)
+            return state, jax.tree.map(lambda m: m[None], metrics)
+        return jax.lax.scan(lambda s, _: step(s, train_data), state, None, length=k)
+
+    replicated, host = parallel.replicated(mesh), parallel.host_sharding(mesh)
+    data_sharding = TrainData(images=host, labels=host)
+    return jax.jit(
+        call,
+        in_shardings=(replicated, data_sharding),
+        out_shardings=(replicated, replicated),
+        donate_argnums=0,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+class StopRequest:
+    """Turns SIGTERM / SIGINT into a flag the loop checks after each call (a second SIGINT
+    interrupts at once). Restores the previous handlers on exit."""
+
+    def __init__(self):
+        self.reason: str | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> StopRequest:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(ValueError):  # not the main thread: no signal handling
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.reason is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.reason = signal.Signals(signum).name
+        logging.warning("%s received: finishing the current step, then saving.", self.reason)
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _fetch_metrics(pending: list[dict[str, jax.Array]]) -> dict[str, np.ndarray]:
+    """Per-step host metrics of the calls since the last fetch, concatenated in step order."""
+    host = jax.device_get(pending)
+    return {k: np.concatenate([np.atleast_1d(m[k]) for m in host]) for k in host[0]}
+
+
+def _diverged(
+    config: ml_collections.ConfigDict, step: int, value: float, last_good: int | None, where: str
+) -> TrainingDivergedError:
+    good = (
+        f"The last good checkpoint is step {last_good} in {where}; it was left untouched and a "
+        "restart with a fixed config resumes from it."
+        if last_good is not None
+        else "No checkpoint was saved before it."
+    )
+    hints = [f"lower config.train.lr (now {config.train.lr:g})"]
+    if not config.train.grad_clip:
+        hints.append("enable gradient clipping (config.train.grad_clip=1.0)")
+    if config.model.dtype != "float32":
+        hints.append(f"compute in float32 (config.model.dtype=float32, now {config.model.dtype})")
+    return TrainingDivergedError(
+        f"Training diverged: the loss became {value} at step {step}. {good} Try: "
+        + "; ".join(hints)
+        + "."
+    )
+
+
+def _save_samples(
+    workdir: str, step: int, samples: np.ndarray, writer: writers.MetricWriter
+) -> None:
+    path = os.path.join(workdir, "samples", f"step_{step:07d}.png")
+    grid = images.grid(samples)
+    images.save_png(path, grid)
+    writer.write_images(step, {"samples": grid[None]})
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    evaluate_fn: EvaluateFn | None = None,
+) -> TrainState:
+    """Train `config` in `workdir` (resuming its latest checkpoint) and return the final state."""
+    started = time.monotonic()
+    state_lib.validate_config(config)
+    t = config.train
+    mesh = parallel.make_mesh()
+    parallel.check_divisible(t.batch_size, mesh)
+    is_main = parallel.is_main_process()
+    replicated = parallel.replicated(mesh)
+
+    graphdef = state_lib.graphdef_of(config)
+    abstract = state_lib.abstract_train_state(config, replicated)
+    meta = checkpoint.make_meta(config, abstract.params)
+    os.makedirs(workdir, exist_ok=True)
+    ckpts = checkpoint.Checkpoints(workdir, keep=t.keep_checkpoints)
+    try:
+        state = ckpts.restore(abstract, meta)  # refuses corrupt / incompatible checkpoints
+        if state is None:
+            _, state = state_lib.init_train_state(config, replicated)
+            logging.info(
+                "Starting from scratch in %s (%s parameters).", workdir, meta["num_params"]
+            )
+        else:
+            saved = ckpts.read_meta(int(state.step))
+            changed = checkpoint.config_differences(saved.get("config", {}), meta["config"])
+            logging.info("Resuming from step %d in %s.", int(state.step), ckpts.latest_dir)
+            if changed:
+                logging.warning("Settings changed since the checkpoint: %s", "; ".join(changed))
+        train_data = load_train_data(config, mesh)
+        return _loop(config, workdir, state, train_data, graphdef, mesh, ckpts, meta, evaluate_fn,
+                     started, is_main)  # fmt: skip
+    finally:
+        ckpts.wait()
+        ckpts.close()
+
+
+def _loop(config, workdir, state, train_data, graphdef, mesh, ckpts, meta, evaluate_fn, started,
+          is_main) -> TrainState:  # fmt: skip
+    t = config.train
+    schedule = state_lib.build_schedule(config)
+    train_call = make_train_call(config, graphdef, schedule, mesh)
+    preview = None
+    if t.sample_every:
+        preview_batch = sampling.batch_size_for(64, 64, mesh)
+        preview = sampling.make_generator(
+            config, graphdef, schedule, mesh, batch_size=preview_batch, fast=True
+        )
+    preview_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), sampling.SAMPLE_STREAM)
+
+    writer = writers.create_writer(workdir, is_main=is_main, tensorboard=t.tensorboard)
+    step = int(state.step)
+    bar = writers.progress_bar(t.num_steps, initial=step, enabled=is_main)
+    pending: list[dict[str, jax.Array]] = []
+    last_log_step, last_log_time = step, time.monotonic()
+    last_good = ckpts.latest_step()
+    loss = math.nan
+    k, multi = t.steps_per_call, jax.process_count() > 1
+    try:
+        with StopRequest() as stop:
+            while step < t.num_steps:
+                state, metrics = train_call(state, train_data)
+                step += k
+                pending.append(metrics)
+                bar.update(k)
+
+                reason = None
+                if not multi or step % t.log_every == 0:  # agreeing costs a collective
+                    over_budget = t.time_budget_s and time.monotonic() - started > t.time_budget_s
+                    budget = f"the time budget ({t.time_budget_s:g} s)" if over_budget else None
+                    reason = stop.reason or budget
+                    if multi and parallel.any_process(reason is not None):
+                        reason = reason or "another process"
+                last = step >= t.num_steps or reason is not None
+                save = step % t.ckpt_every == 0 or last
+
+                if step % t.log_every == 0 or save:
+                    host = _fetch_metrics(pending)
+                    first = step - k * len(pending) + 1
+                    bad = ~np.isfinite(host["loss"]) | ~np.isfinite(host["grad_norm"])
+                    if bad.any():
+                        i = int(np.argmax(bad))
+                        raise _diverged(
+                            config, first + i, host["loss"][i], last_good, ckpts.latest_dir
+                        )
+                    pending = []
+                    now = time.monotonic()
+                    rate = (step - last_log_step) / max(now - last_log_time, 1e-9)
+                    last_log_step, last_log_time = step, now
+                    loss = float(host["loss"].mean())
+                    scalars = {
+                        "loss": loss,
+                        "grad_norm": float(host["grad_norm"][-1]),
+                        "lr": float(host["lr"][-1]),
+                        "steps_per_sec": rate,
+                        "examples_per_sec": rate * t.batch_size,
+                    }
+                    writer.write_scalars(step, scalars)
+                    bar.set_postfix_str(f"loss={loss:.4f}")
+
+                if preview is not None and step % t.sample_every == 0:
+                    grid, _ = sampling.generate_all(preview, state.ema_params, 64, preview_key)
+                    if is_main:
+                        _save_samples(workdir, step, grid, writer)
+
+                if evaluate_fn is not None and config.fid.every and step % config.fid.every == 0:
+                    results = evaluate_fn(step, state.ema_params) or {}
+                    if results:
+                        writer.write_scalars(step, dict(results))
+                    if t.best_metric in results:
+                        ckpts.save_best(state, meta, t.best_metric, float(results[t.best_metric]))
+
+                if save:
+                    ckpts.save(state, meta)
+                    last_good = step
+                    if t.best_metric == "loss":
+                        ckpts.save_best(state, meta, "loss", loss)
+
+                if reason is not None:
+                    ckpts.wait()
+                    logging.warning("stopped by %s at step %d; checkpoint saved", reason, step)
+                    break
+            writer.flush()
+    finally:
+        bar.close()
+        writer.close()
+    if is_main and os.path.exists(os.path.join(workdir, writers.METRICS_FILE)):
+        records = writers.read_metrics(os.path.join(workdir, writers.METRICS_FILE))
+        if any("loss" in r for r in records):
+            images.loss_curve(records, os.path.join(workdir, "loss.png"))
+    return state

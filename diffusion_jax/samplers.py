@@ -207,11 +207,14 @@ def ddim_sample(
         if clip_denoised:
             x0 = jnp.clip(x0, -1.0, 1.0)
             eps = predict_eps_from_x0(s, x, tb, x0)
-        a = s.alphas_cumprod[t]
-        a_next = jnp.where(t_next >= 0, s.alphas_cumprod[jnp.maximum(t_next, 0)], 1.0)
-        sigma = eta * jnp.sqrt((1.0 - a_next) / (1.0 - a) * (1.0 - a / a_next))
+        # 1 - alpha_bar from the float64-derived table: no float32 cancellation near t = 0.
+        a, one_minus_a = s.alphas_cumprod[t], s.sqrt_one_minus_alphas_cumprod[t] ** 2
+        tn, last = jnp.maximum(t_next, 0), t_next < 0
+        a_next = jnp.where(last, 1.0, s.alphas_cumprod[tn])
+        one_minus_a_next = jnp.where(last, 0.0, s.sqrt_one_minus_alphas_cumprod[tn] ** 2)
+        sigma = eta * jnp.sqrt(one_minus_a_next / one_minus_a * (1.0 - a / a_next))
         noise = jax.random.normal(key, shape, jnp.float32)
-        direction = jnp.sqrt(jnp.maximum(1.0 - a_next - sigma**2, 0.0)) * eps
+        direction = jnp.sqrt(jnp.maximum(one_minus_a_next - sigma**2, 0.0)) * eps
         return jnp.sqrt(a_next) * x0 + direction + sigma * noise, x0
 
     return _run_chain(step, shape, rng, loop_ts, record_steps, num_t)

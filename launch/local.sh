@@ -64,9 +64,13 @@ done
 echo "launch/local.sh: $NUM_PROCESSES processes, coordinator $DJAX_COORDINATOR, logs of processes 1.. in $LOG_DIR" >&2
 
 # Wait for the processes one by one; as soon as one fails, stop the rest.
-for ((n = 0; n < NUM_PROCESSES; n++)); do
+running=("${pids[@]}")
+while [ "${#running[@]}" -gt 0 ]; do
   status=0
-  wait -n -p finished "${pids[@]}" || status=$?
+  wait -n -p finished "${running[@]}" || status=$?
+  still=()
+  for pid in "${running[@]}"; do [ "$pid" != "$finished" ] && still+=("$pid"); done
+  running=("${still[@]}")
   if [ "$status" -ne 0 ]; then
     echo "launch/local.sh: process with pid $finished exited with status $status; stopping the others" >&2
     cleanup

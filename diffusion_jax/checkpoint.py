@@ -57,8 +57,9 @@ def make_meta(config: ml_collections.ConfigDict, params: Any, **extra: Any) -> d
     }
 
 
-def _millions(n: int) -> str:
-    return f"{n / 1e6:.1f}M" if n >= 1e5 else f"{n:,}"
+def _count(n: int) -> str:
+    """35.7M for big models, 163,985 for small ones."""
+    return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n:,}"
 
 
 def _flat(d: Mapping[str, Any], prefix: str = "config") -> dict[str, Any]:
@@ -100,7 +101,7 @@ def check_compatible(saved: Mapping[str, Any], expected: Mapping[str, Any], wher
     ]
     raise CheckpointError(
         f"The checkpoint in {where} does not fit the config: the checkpoint has "
-        f"{_millions(n_have)} parameters, the config builds {_millions(n_want)} "
+        f"{_count(n_have)} parameters, the config builds {_count(n_want)} "
         f"({len(differing)} tensors differ, e.g. {examples}).\n"
         + ("Settings that differ: " + "; ".join(model_diffs) + ".\n" if model_diffs else "")
         + "The checkpoint was left untouched. Pick another --workdir, or make the config match "

@@ -12,6 +12,8 @@ exit code 2 (3 when training diverged), never a traceback.
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import dataclasses
 import sys
 from collections.abc import Callable
@@ -20,7 +22,7 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from diffusion_jax import parallel, sampling, train
+from diffusion_jax import parallel, sampling, train, writers
 from diffusion_jax import state as state_lib
 from diffusion_jax.errors import TrainingDivergedError, UserError
 
@@ -81,8 +83,21 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
+def _load_config() -> ml_collections.ConfigDict:
+    """The --config file's config; a file that is missing or fails to load is a UserError."""
+    config = _CONFIG.value
+    if config is None:
+        raise UserError("--config is required, e.g. --config=configs/cifar10.py.")
+    try:
+        config.keys()  # config_flags defers load errors to the first access
+    except OSError as e:
+        raise UserError(f"--config: {e}") from e
+    return config
+
+
 def run(argv: list[str]) -> int:
     """Validate and dispatch; returns the process exit code."""
+    writers.quiet_library_logs()
     if len(argv) > 1:
         return _fail(
             f"Unexpected arguments {argv[1:]}; flags are written --name=value.", EXIT_USER_ERROR
@@ -92,9 +107,7 @@ def run(argv: list[str]) -> int:
             FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
         )
         parallel.initialize(spec)
-        config = _CONFIG.value
-        if config is None:
-            raise UserError("--config is required, e.g. --config=configs/cifar10.py.")
+        config = _load_config()
         if not FLAGS.workdir:
             raise UserError("--workdir is required: the run's directory (checkpoints, metrics).")
         state_lib.validate_config(config)
@@ -111,7 +124,14 @@ def _parse_flags(argv: list[str]) -> list[str]:
     try:
         return FLAGS(argv)
     except Exception as e:  # noqa: BLE001 - flags.Error, or whatever the config file raised
-        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        if isinstance(e, (AttributeError, KeyError)):  # an override of a field that isn't there
+            detail = str(e.args[0] if e.args else e)
+            with contextlib.suppress(ValueError, SyntaxError):  # ml_collections nests reprs
+                detail = str(ast.literal_eval(detail))
+            detail = detail.replace("\n", ". ")
+            print(f"error: unknown config field {detail}", file=sys.stderr)
+        else:
+            print(f"error: {e}", file=sys.stderr)
         print("Usage: python -m diffusion_jax.main --config=configs/<name>.py --workdir=DIR "
               "[--mode=train|sample] [--config.a.b=value ...]", file=sys.stderr)  # fmt: skip
         sys.exit(EXIT_USER_ERROR)

@@ -186,7 +186,8 @@ def load_ema_params(
             raise UserError(
                 f"--checkpoint={which!r}: give a step number, 'latest' or 'best'."
             ) from None
-    abstract = state_lib.abstract_train_state(config, parallel.replicated(mesh)).ema_params
+    _, abstract_state = state_lib.abstract_train_state(config, parallel.replicated(mesh))
+    abstract = abstract_state.ema_params
     expected = checkpoint.make_meta(config, abstract)
     ckpts = checkpoint.Checkpoints(workdir, read_only=True)
     try:

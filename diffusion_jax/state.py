@@ -87,17 +87,18 @@ def ema_decay(config: ml_collections.ConfigDict, step: jax.Array) -> jax.Array:
     return decay
 
 
-def _init_state(config: ml_collections.ConfigDict) -> TrainState:
+def _init_state(config: ml_collections.ConfigDict) -> tuple[nnx.GraphDef, TrainState]:
     init_key, train_key = jax.random.split(jax.random.PRNGKey(config.seed))
     model = build_model(config, nnx.Rngs(params=init_key))
-    params = nnx.state(model, nnx.Param)
-    return TrainState(
+    graphdef, params = nnx.split(model, nnx.Param)
+    state = TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         ema_params=jax.tree.map(jnp.copy, params),  # EMA starts at the init, not at zeros
         opt_state=build_optimizer(config).init(params),
         rng=train_key,
     )
+    return graphdef, state
 
 
 def graphdef_of(config: ml_collections.ConfigDict) -> nnx.GraphDef:
@@ -113,17 +114,36 @@ def init_train_state(
 
     Initialisation is compiled, with `sharding` (usually replicated) as the output layout, so the
     state is created in place on the devices and is the same for any number of devices.
+    `nnx.merge(graphdef, state.params)` is the model.
     """
-    init = jax.jit(lambda: _init_state(config), out_shardings=sharding)
-    return graphdef_of(config), init()
+    graphdef = None
+
+    def init() -> TrainState:
+        nonlocal graphdef  # static structure, recorded while tracing (the model is built once)
+        graphdef, state = _init_state(config)
+        return state
+
+    state = jax.jit(init, out_shardings=sharding)()
+    return graphdef, state
 
 
 def abstract_train_state(
     config: ml_collections.ConfigDict, sharding: jax.sharding.Sharding | None = None
-) -> TrainState:
-    """Shapes, dtypes and shardings of `init_train_state` without computing it (restore target)."""
-    shapes = jax.eval_shape(lambda: _init_state(config))
-    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
+) -> tuple[nnx.GraphDef, TrainState]:
+    """The graphdef and the shapes, dtypes and shardings of `init_train_state`'s state, without
+    computing anything (restore targets, checkpoint compatibility checks)."""
+    graphdef, params = nnx.split(abstract_model(config), nnx.Param)
+    shapes = TrainState(
+        step=jax.ShapeDtypeStruct((), jnp.int32),
+        params=params,
+        ema_params=params,
+        opt_state=jax.eval_shape(build_optimizer(config).init, params),
+        rng=jax.eval_shape(lambda: jax.random.PRNGKey(0)),
+    )
+    with_sharding = jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes
+    )
+    return graphdef, with_sharding
 
 
 def denoise_fn_for(
@@ -153,16 +173,18 @@ def denoise_fn_for(
     return lambda x, t: cond_fn(x, t, None)
 
 
-def default_record_steps(num_timesteps: int, count: int = 8) -> tuple[int, ...]:
-    """`count` timesteps from T-1 down to 0, evenly spaced (the denoising picture's columns)."""
-    count = min(count, num_timesteps)
-    steps = np.round(np.linspace(num_timesteps - 1, 0, count)).astype(int)
-    return tuple(dict.fromkeys(int(s) for s in steps))
-
-
-def record_steps(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+def record_steps(config: ml_collections.ConfigDict, count: int = 8) -> tuple[int, ...]:
+    """Timesteps of the denoising picture: `config.sample.record_steps`, or by default `count`
+    evenly spaced among the timesteps the configured sampler visits (noisiest first)."""
     steps = tuple(int(s) for s in config.sample.record_steps)
-    return steps or default_record_steps(config.diffusion.num_timesteps)
+    if steps:
+        return steps
+    num_t = config.diffusion.num_timesteps
+    visited = np.arange(num_t)
+    if config.sample.sampler == "ddim":
+        visited = samplers.ddim_timesteps(num_t, config.sample.num_steps, config.sample.spacing)
+    picks = np.round(np.linspace(len(visited) - 1, 0, min(count, len(visited)))).astype(int)
+    return tuple(dict.fromkeys(int(visited[i]) for i in picks))
 
 
 def num_shards(config: ml_collections.ConfigDict) -> int:

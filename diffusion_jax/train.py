@@ -163,8 +163,8 @@ def train_step(
     ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
     metrics = {
         "loss": loss,
-        "grad_norm": optax.global_norm(grads),  # before clipping
-        "lr": state_lib.learning_rate(config)(step),
+        "grad_norm": optax.tree.norm(grads),  # before clipping
+        "lr": jnp.asarray(state_lib.learning_rate(config)(step), jnp.float32),
     }
     new_state = state.replace(step=step + 1, params=params, ema_params=ema, opt_state=opt_state)
     return new_state, metrics
@@ -287,8 +287,7 @@ def train_and_evaluate(
     is_main = parallel.is_main_process()
     replicated = parallel.replicated(mesh)
 
-    graphdef = state_lib.graphdef_of(config)
-    abstract = state_lib.abstract_train_state(config, replicated)
+    graphdef, abstract = state_lib.abstract_train_state(config, replicated)
     meta = checkpoint.make_meta(config, abstract.params)
     os.makedirs(workdir, exist_ok=True)
     ckpts = checkpoint.Checkpoints(workdir, keep=t.keep_checkpoints)

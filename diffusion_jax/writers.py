@@ -19,6 +19,24 @@ from typing import Any, Protocol
 import numpy as np
 
 METRICS_FILE = "metrics.jsonl"
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+class _OwnInfoOnly(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or record.pathname.startswith(_PACKAGE_DIR)
+
+
+def quiet_library_logs() -> None:
+    """Keep INFO lines of this package only: Orbax, JAX and TFDS log dozens per checkpoint.
+
+    Their warnings and errors still show.
+    """
+    from absl import logging as absl_logging
+
+    handler = absl_logging.get_absl_handler()
+    if not any(isinstance(f, _OwnInfoOnly) for f in handler.filters):
+        handler.addFilter(_OwnInfoOnly())
 
 
 class MetricWriter(Protocol):

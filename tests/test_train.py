@@ -1,0 +1,129 @@
+"""The train step and loop: learning, bit-exact resume, device-count invariance, time budget."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from train_utils import (
+    assert_trees_equal,
+    compilation_cache,
+    flags_for,
+    run_main,
+    tiny_config,
+)
+
+from diffusion_jax import checkpoint, parallel, train
+from diffusion_jax import state as state_lib
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cache():
+    with compilation_cache():
+        yield
+
+
+def _metrics(workdir) -> list[dict]:
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_ema_starts_from_the_parameters_and_warms_up():
+    config = tiny_config("unused")
+    _, state = state_lib.init_train_state(config)
+    assert_trees_equal(state.params, state.ema_params)
+    assert int(state.step) == 0
+    assert float(state_lib.ema_decay(config, 0)) == pytest.approx(0.1)  # (1+0)/(10+0)
+    assert float(state_lib.ema_decay(config, 10**6)) == pytest.approx(config.train.ema_decay)
+    config.train.ema_warmup = False
+    assert float(state_lib.ema_decay(config, 0)) == pytest.approx(config.train.ema_decay)
+
+
+def test_learning_rate_warms_up_linearly_then_stays():
+    config = tiny_config("unused", train__lr=1e-3, train__warmup_steps=10)
+    lr = state_lib.learning_rate(config)
+    assert [float(lr(s)) for s in (0, 5, 10, 100)] == pytest.approx([0, 5e-4, 1e-3, 1e-3])
+
+
+def test_batches_cover_each_shard_once_per_epoch_whatever_the_devices():
+    """Rows of an epoch are distinct and each shard gives batch/num_shards rows per step."""
+    n, size, batch = 2, 12, 4
+    images = jnp.arange(n * size, dtype=jnp.uint8).reshape(n, size, 1, 1, 1)
+    labels = jnp.arange(n * size, dtype=jnp.int32).reshape(n, size)
+    data = train.TrainData(images=images, labels=labels)
+    key = jax.random.PRNGKey(0)
+    epoch = [train.select_batch(data, key, jnp.int32(s), batch) for s in range(size * n // batch)]
+    rows = np.concatenate([np.asarray(y) for _, y in epoch])
+    assert len(set(rows.tolist())) == len(rows) == n * size  # a permutation of the split
+    for x, y in epoch:
+        np.testing.assert_array_equal(np.asarray(x).ravel(), np.asarray(y))  # labels follow
+        assert sorted(np.asarray(y) // size) == [0, 0, 1, 1]  # 2 rows from each shard
+    again = train.select_batch(data, key, jnp.int32(size * n // batch), batch)[1]
+    assert not np.array_equal(np.asarray(again), np.asarray(epoch[0][1]))  # a new epoch order
+
+
+def test_loss_falls_on_real_mnist(mnist_tfds_dir, tmp_path):
+    config = tiny_config(
+        mnist_tfds_dir, train__num_steps=100, train__log_every=25, train__ckpt_every=100
+    )
+    state = train.train_and_evaluate(config, str(tmp_path))
+    losses = [m["loss"] for m in _metrics(tmp_path)]  # means over steps 1-25, ..., 76-100
+    assert int(state.step) == 100 and len(losses) == 4
+    assert losses[-1] < 0.5 * losses[0], losses  # measured: 0.67 -> 0.12
+    assert losses[-1] < 0.2, losses
+    assert (tmp_path / "loss.png").is_file()
+
+
+def test_resume_is_bit_exact(tiny_mnist_dir, tmp_path):
+    """6 steps in one go == a restart from the step-3 checkpoint, then 3 more steps."""
+    config = tiny_config(
+        tiny_mnist_dir, train__num_steps=6, train__ckpt_every=3, train__log_every=3
+    )
+    straight = train.train_and_evaluate(config, str(tmp_path / "straight"))
+    # The run as if it had stopped at step 3: its checkpoint and its metrics up to there.
+    shutil.copytree(tmp_path / "straight" / "checkpoints" / "3", tmp_path / "resumed/checkpoints/3")
+    lines = (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()
+    (tmp_path / "resumed" / "metrics.jsonl").write_text(lines[0] + "\n")
+    resumed = train.train_and_evaluate(config, str(tmp_path / "resumed"))
+    assert int(resumed.step) == int(straight.step) == 6
+    assert_trees_equal(straight.params, resumed.params)
+    assert_trees_equal(straight.ema_params, resumed.ema_params)
+    assert_trees_equal(straight.opt_state, resumed.opt_state)
+    assert_trees_equal(straight.rng, resumed.rng)
+    logged = [m["loss"] for m in _metrics(tmp_path / "resumed")]
+    assert logged == [m["loss"] for m in _metrics(tmp_path / "straight")]
+
+
+def test_one_and_eight_devices_train_the_same(tiny_mnist_dir, tmp_path):
+    """The batch is split over 8 simulated devices in a subprocess; results match 1 device."""
+    overrides = dict(train__num_steps=4, train__ckpt_every=4)
+    result = run_main(
+        *flags_for(tiny_mnist_dir, **overrides), f"--workdir={tmp_path / 'eight'}", devices=8
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = tiny_config(tiny_mnist_dir, **overrides)
+    one = train.train_and_evaluate(config, str(tmp_path / "one"))
+
+    mesh = parallel.make_mesh()
+    _, abstract = state_lib.abstract_train_state(config, parallel.replicated(mesh))
+    ckpts = checkpoint.Checkpoints(str(tmp_path / "eight"), read_only=True)
+    eight = ckpts.restore(abstract, checkpoint.make_meta(config, abstract.params))
+    ckpts.close()
+    assert int(eight.step) == 4
+    for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(eight.params), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-3, atol=2e-5)
+    losses = [[m["loss"] for m in _metrics(tmp_path / d)] for d in ("one", "eight")]
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
+
+
+def test_time_budget_stops_and_checkpoints(tiny_mnist_dir, tmp_path, caplog):
+    config = tiny_config(tiny_mnist_dir, train__num_steps=1000, train__time_budget_s=1e-3)
+    state = train.train_and_evaluate(config, str(tmp_path))
+    assert int(state.step) == 1
+    ckpts = checkpoint.Checkpoints(str(tmp_path), read_only=True)
+    assert ckpts.all_steps() == [1]
+    ckpts.close()
+    assert "stopped by the time budget" in caplog.text

@@ -35,6 +35,9 @@ from diffusion_jax.fid.torch_files import (
 
 TORCHSCRIPT_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
 TORCHSCRIPT_BYTES = 87_335_461
+# Full sha256 and size as published by projects that pin this file (torch-fidelity's hash table
+# among them); its prefix is the `6726825d` in the name (torch.hub convention). The file itself
+# could not be fetched here, so its reading is tested on a torchvision-layout legacy `.pth`.
 PYTORCH_FID_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
 PYTORCH_FID_BYTES = 95_628_359
 PYTORCH_FID_URL = (

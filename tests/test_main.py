@@ -68,10 +68,10 @@ def test_modes_dispatch_and_errors_map_to_exit_codes(monkeypatch):
     def user_error(config, args):
         raise UserError("fix me")
 
-    assert set(main.MODES) == {"train", "sample", "eval", "fid_stats"}
+    assert {"train", "sample", "eval", "fid_stats"} <= set(main.MODES)
     monkeypatch.setitem(main.MODES, "diverge", diverge)
     monkeypatch.setitem(main.MODES, "user_error", user_error)
-    expected = {"eval": 2, "fid_stats": 2, "diverge": 3, "user_error": 2}
+    expected = {"diverge": 3, "user_error": 2}
     tiny = f"--config={REPO / 'configs' / 'tiny.py'}"
     try:
         for mode, code in expected.items():

@@ -70,10 +70,14 @@ def base_config() -> ml_collections.ConfigDict:
     s.guidance = 1.0  # classifier-free guidance weight (conditional models; 1 = plain cond.)
     s.record_steps = ()  # timesteps shown in denoising.png; () = 8 evenly spaced
 
-    # FID evaluation (filled in by the FID work; 0 disables it).
+    # FID (diffusion_jax/evaluate.py): the standard TF Inception network, float64 statistics.
     c.fid = e = ml_collections.ConfigDict()
-    e.protocol = "tf"
-    e.num_samples = 0
-    e.every = 0
-    e.weights = ml_collections.config_dict.placeholder(str)
+    e.protocol = "tf"  # "tf" (DDPM paper, score_sde), "pytorch_fid", or "both"
+    e.eval_samples = 50_000  # --mode=eval generates this many images
+    e.num_samples = 0  # periodic FID during training on this many images; 0 = off
+    e.every = 0  # periodic FID every this many steps; 0 = off
+    e.batch_size = 200  # global Inception batch, split over all devices
+    e.ref_split = "train"  # reference statistics: every image of this split of config.data
+    e.ref_stats = ml_collections.config_dict.placeholder(str)  # file; None = user cache
+    e.weights = ml_collections.config_dict.placeholder(str)  # Inception weights file (see README)
     return c

@@ -22,7 +22,7 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from diffusion_jax import parallel, sampling, train, writers
+from diffusion_jax import evaluate, parallel, sampling, train, writers
 from diffusion_jax import state as state_lib
 from diffusion_jax.errors import TrainingDivergedError, UserError
 
@@ -46,22 +46,25 @@ def _sample(config: ml_collections.ConfigDict, args: RunArgs) -> None:
     sampling.run(config, args.workdir, checkpoint=args.checkpoint)
 
 
-def _not_available(mode: str) -> Callable[[ml_collections.ConfigDict, RunArgs], None]:
-    def run(config: ml_collections.ConfigDict, args: RunArgs) -> None:
-        raise UserError(
-            f"--mode={mode} is not available yet: it comes with FID evaluation "
-            "(diffusion_jax/evaluate.py). Use --mode=train or --mode=sample."
-        )
-
-    return run
+def _eval(config: ml_collections.ConfigDict, args: RunArgs) -> None:
+    evaluate.run_eval(config, args.workdir, checkpoint=args.checkpoint)
 
 
-# The modes; evaluation adds its entries here.
+def _fid_stats(config: ml_collections.ConfigDict, args: RunArgs) -> None:
+    evaluate.run_fid_stats(config, args.workdir)
+
+
+def _train_and_eval(config: ml_collections.ConfigDict, args: RunArgs) -> None:
+    train.train_and_evaluate(config, args.workdir)
+    evaluate.run_eval(config, args.workdir)
+
+
 MODES: dict[str, Callable[[ml_collections.ConfigDict, RunArgs], object]] = {
     "train": _train,
     "sample": _sample,
-    "eval": _not_available("eval"),
-    "fid_stats": _not_available("fid_stats"),
+    "eval": _eval,
+    "fid_stats": _fid_stats,
+    "train_and_eval": _train_and_eval,
 }
 
 _CONFIG = config_flags.DEFINE_config_file(

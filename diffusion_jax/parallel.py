@@ -10,6 +10,8 @@ keeps its own shards, replicated on its devices).
 from __future__ import annotations
 
 import dataclasses
+import faulthandler
+import logging
 import os
 from collections.abc import Sequence
 
@@ -104,6 +106,18 @@ def initialize(spec: DistributedSpec | None) -> None:
             "was started with the same coordinator address and that it is reachable."
         ) from e
 
+    # When a peer dies, JAX's coordination service aborts this process with the message
+    # "...detected fatal errors. This most likely indicates that another task died". Python's
+    # faulthandler would bury that line under a dump of every thread's stack, so turn it off.
+    faulthandler.disable()
+    logging.info(
+        "Process %d of %d joined %s; if another process dies, this one stops within %d s.",
+        jax.process_index(),
+        jax.process_count(),
+        spec.coordinator_address or "the SLURM job",
+        spec.heartbeat_timeout_s,
+    )
+
 
 def shutdown() -> None:
     """Leaves the multi-process job (no-op when single-process)."""
@@ -183,6 +197,21 @@ def local_rows(x: jax.Array) -> np.ndarray:
         return np.asarray(jax.device_get(x))
     shards = {s.index[0].start or 0: s for s in x.addressable_shards}  # replicas share a start
     return np.concatenate([np.asarray(shards[k].data) for k in sorted(shards)])
+
+
+def local_checksum(tree) -> str:
+    """sha256 (16 hex digits) of this process's copy of a replicated pytree.
+
+    Logged by every process at the end of a multi-process run: equal checksums show that the
+    processes hold bit-identical parameters.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    for leaf in jax.tree.leaves(tree):
+        local = leaf.addressable_shards[0].data if isinstance(leaf, jax.Array) else leaf
+        digest.update(np.ascontiguousarray(np.asarray(local)).tobytes())
+    return digest.hexdigest()[:16]
 
 
 def any_process(flag: bool) -> bool:

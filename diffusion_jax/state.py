@@ -268,6 +268,25 @@ def _validate(config: ml_collections.ConfigDict) -> None:
         )
     every = config.fid.every
     _check(every >= 0 and every % k == 0, "fid.every", every, f"must be >= 0 and a multiple of {k}")
+    f = config.fid
+    _one_of(config, "fid.protocol", ("tf", "pytorch_fid", "both"))
+    _one_of(config, "fid.ref_split", data.SPLITS)
+    _positive_int(config, "fid.batch_size")
+    _check(f.eval_samples >= 2, "fid.eval_samples", f.eval_samples, "must be >= 2")
+    _check(
+        f.num_samples == 0 or f.num_samples >= 2,
+        "fid.num_samples",
+        f.num_samples,
+        "must be 0 (off) or >= 2",
+    )
+    fid_metrics = ("fid", "fid_tf", "fid_pytorch_fid")
+    _check(
+        t.best_metric == "loss" or (t.best_metric in fid_metrics and every and f.num_samples),
+        "train.best_metric",
+        t.best_metric,
+        f"must be 'loss', or one of {fid_metrics} with config.fid.every and "
+        "config.fid.num_samples > 0 (periodic FID)",
+    )
     n = shards or jax.process_count()
     _check(
         t.batch_size % n == 0,

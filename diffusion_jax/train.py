@@ -33,7 +33,16 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from diffusion_jax import checkpoint, data, diffusion, images, parallel, sampling, writers
+from diffusion_jax import (
+    checkpoint,
+    data,
+    diffusion,
+    evaluate,
+    images,
+    parallel,
+    sampling,
+    writers,
+)
 from diffusion_jax import state as state_lib
 from diffusion_jax.errors import TrainingDivergedError, UserError
 from diffusion_jax.state import TrainState
@@ -317,6 +326,8 @@ def _loop(config, workdir, state, train_data, graphdef, mesh, ckpts, meta, evalu
     t = config.train
     schedule = state_lib.build_schedule(config)
     train_call = make_train_call(config, graphdef, schedule, mesh)
+    if evaluate_fn is None:  # periodic FID when config.fid.every and config.fid.num_samples ask
+        evaluate_fn = evaluate.periodic_evaluator(config, mesh, graphdef, schedule)
     preview = None
     if t.sample_every:
         preview_batch = sampling.batch_size_for(64, 64, mesh)
@@ -346,6 +357,11 @@ def _loop(config, workdir, state, train_data, graphdef, mesh, ckpts, meta, evalu
                     over_budget = t.time_budget_s and time.monotonic() - started > t.time_budget_s
                     budget = f"the time budget ({t.time_budget_s:g} s)" if over_budget else None
                     reason = stop.reason or budget
+                    if multi:
+                        # Finish this step's collectives before starting another program's: on
+                        # CPU (gloo) two processes can otherwise pair them up differently and
+                        # deadlock.
+                        jax.block_until_ready(metrics)
                     if multi and parallel.any_process(reason is not None):
                         reason = reason or "another process"
                 last = step >= t.num_steps or reason is not None
@@ -401,6 +417,13 @@ def _loop(config, workdir, state, train_data, graphdef, mesh, ckpts, meta, evalu
     finally:
         bar.close()
         writer.close()
+    if jax.process_count() > 1:
+        logging.info(
+            "process %d: parameter checksum %s at step %d",
+            jax.process_index(),
+            parallel.local_checksum((state.params, state.ema_params)),
+            int(state.step),
+        )
     if is_main and os.path.exists(os.path.join(workdir, writers.METRICS_FILE)):
         records = writers.read_metrics(os.path.join(workdir, writers.METRICS_FILE))
         if any("loss" in r for r in records):

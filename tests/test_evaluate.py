@@ -1,0 +1,91 @@
+"""FID of a trained run end to end on the CPU: periodic FID during training picks the best
+checkpoint, `--mode=eval` writes its JSON record, mismatched reference statistics are refused.
+
+Small on purpose: the Inception network runs ~5 images/s on this CPU, so the reference is the
+64-image test split of the tiny fake MNIST and a handful of samples.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from train_utils import flags_for, no_traceback, run_main
+
+pytestmark = pytest.mark.slow
+
+WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "data"
+WEIGHTS = WEIGHTS / "inception-2015-12-05_fid_torchscript.pt"
+
+
+@pytest.fixture(scope="module")
+def fid_flags(tmp_path_factory):
+    if not WEIGHTS.is_file():
+        pytest.skip(f"FID weights not found at {WEIGHTS}")
+    stats_dir = tmp_path_factory.mktemp("fid_stats")
+    return [
+        f"--config.fid.weights={WEIGHTS}",
+        "--config.fid.ref_split=test",
+        f"--config.fid.ref_stats={stats_dir}/ref-{{protocol}}.npz",
+        "--config.fid.batch_size=8",
+        "--config.sample.batch_size=8",
+    ]
+
+
+def test_train_with_periodic_fid_then_eval(tmp_path, tiny_mnist_dir, fid_flags):
+    workdir = tmp_path / "run"
+    args = flags_for(tiny_mnist_dir, train__num_steps=8, train__ckpt_every=4)
+    periodic = [
+        "--config.fid.every=4",
+        "--config.fid.num_samples=8",
+        "--config.train.best_metric=fid",
+    ]
+    result = run_main(f"--workdir={workdir}", *args, *fid_flags, *periodic, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    fids = [r["fid"] for r in records if "fid" in r]
+    assert len(fids) == 2 and all(np.isfinite(fids)), records
+    assert (workdir / "best").is_dir() and any((workdir / "best").iterdir())
+
+    result = run_main(
+        f"--workdir={workdir}", "--mode=eval", *args, *fid_flags,
+        "--config.fid.eval_samples=8", "--config.fid.protocol=both", timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    record = json.loads((workdir / "eval" / "fid_8.json").read_text())
+    assert set(record["fid"]) == {"tf", "pytorch_fid"}
+    assert all(np.isfinite(v) and v > 0 for v in record["fid"].values())
+    for key in ("num_samples", "sampler", "steps", "protocols", "checkpoint_step", "wall_s"):
+        assert key in record
+    assert record["num_samples"] == 8 and record["checkpoint_step"] == 8
+    assert record["reference"]["tf"]["split"] == "test"
+    assert record["reference"]["tf"]["count"] == 64
+
+
+def test_reference_from_another_protocol_is_refused(tmp_path, tiny_mnist_dir, fid_flags):
+    """A statistics file made with the tf protocol must not serve a pytorch_fid evaluation."""
+    from diffusion_jax import fid
+
+    rng = np.random.default_rng(0)
+    fake = fid.FidStatistics(
+        rng.normal(size=2048), np.eye(2048), 10, "tf", "x" * 64, "mnist", "test"
+    )
+    path = tmp_path / "ref.npz"
+    fid.save_statistics(path, fake)
+    args = flags_for(tiny_mnist_dir)
+    result = run_main(
+        f"--workdir={tmp_path / 'run'}", "--mode=fid_stats", *args, *fid_flags,
+        "--config.fid.protocol=pytorch_fid", f"--config.fid.ref_stats={path}", timeout=300,
+    )  # fmt: skip
+    # fid_stats recomputes (and replaces) a file; eval must refuse a mismatching one instead.
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert fid.load_statistics(path).protocol == "pytorch_fid"
+    fid.save_statistics(path, fake)
+    result = run_main(
+        f"--workdir={tmp_path / 'run'}", "--mode=eval", *args, *fid_flags,
+        "--config.fid.protocol=pytorch_fid", f"--config.fid.ref_stats={path}", timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "protocol" in result.stderr and no_traceback(result.stderr), result.stderr[-2000:]

@@ -18,6 +18,7 @@ import dataclasses
 import sys
 from collections.abc import Callable
 
+import jax
 import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -28,6 +29,7 @@ from diffusion_jax.errors import TrainingDivergedError, UserError
 
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
+EXIT_PEER_FAILED = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +121,16 @@ def run(argv: list[str]) -> int:
         return _fail(str(e), EXIT_DIVERGED)
     except (UserError, ValueError) as e:
         return _fail(str(e), EXIT_USER_ERROR)
+    except jax.errors.JaxRuntimeError as e:
+        if jax.process_count() == 1:
+            raise  # a genuine bug or device failure: keep the traceback
+        first = str(e).strip().splitlines()[0][:500]
+        return _fail(
+            f"A collective operation across processes failed ({first}). Another process has "
+            "probably died or stalled: check its log. Restart all processes with the same "
+            "command to resume from the last checkpoint.",
+            EXIT_PEER_FAILED,
+        )
     return 0
 
 

@@ -183,6 +183,19 @@ def process_allgather(x) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
+def barrier(name: str, timeout_s: int = 3600) -> None:
+    """Waits until every process gets here, through the coordination service (no device work).
+
+    Used after compiling and before the first collective: CPU (gloo) collectives give up after
+    30 s when one process still compiles while another already waits.
+    """
+    if jax.process_count() == 1:
+        return
+    from jax._src import distributed
+
+    distributed.global_state.client.wait_at_barrier(name, timeout_in_ms=timeout_s * 1000)
+
+
 def sync(name: str) -> None:
     """Barrier across processes (no-op for one process)."""
     if jax.process_count() > 1:

@@ -344,6 +344,9 @@ def _loop(config, workdir, state, train_data, graphdef, mesh, ckpts, meta, evalu
     last_good = ckpts.latest_step()
     loss = math.nan
     k, multi = t.steps_per_call, jax.process_count() > 1
+    if multi:  # compile everywhere first: no process may wait in a collective while one compiles
+        train_call = train_call.lower(state, train_data).compile()
+        parallel.barrier("train_call_compiled")
     try:
         with StopRequest() as stop:
             while step < t.num_steps:

@@ -122,3 +122,28 @@ def loss_curve(
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fig.savefig(path)
     return path
+
+
+def fid_curve(records: Sequence[Mapping[str, float]], path: str) -> str:
+    """FID (every `fid*` metric) against training wall time in minutes, log-scale y."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    keys = sorted({k for r in records for k in r if k.startswith("fid_")} or {"fid"})
+    for key in keys:
+        points = [(r["elapsed_s"] / 60, r[key]) for r in records if key in r and "elapsed_s" in r]
+        if points:
+            minutes, values = zip(*points, strict=True)
+            ax.plot(minutes, values, marker="o", label=key)
+    ax.set_yscale("log")
+    ax.set_xlabel("training wall time (minutes)")
+    ax.set_ylabel("FID")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path)
+    return path

@@ -57,8 +57,7 @@ def _fid_stats(config: ml_collections.ConfigDict, args: RunArgs) -> None:
 
 
 def _train_and_eval(config: ml_collections.ConfigDict, args: RunArgs) -> None:
-    train.train_and_evaluate(config, args.workdir)
-    evaluate.run_eval(config, args.workdir)
+    train.train_and_eval(config, args.workdir)
 
 
 MODES: dict[str, Callable[[ml_collections.ConfigDict, RunArgs], object]] = {

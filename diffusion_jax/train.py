@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import math
 import os
@@ -401,8 +402,9 @@ def _loop(config, workdir, state, train_data, graphdef, mesh, ckpts, meta, evalu
 
                 if evaluate_fn is not None and config.fid.every and step % config.fid.every == 0:
                     results = evaluate_fn(step, state.ema_params) or {}
-                    if results:
-                        writer.write_scalars(step, dict(results))
+                    if results:  # elapsed_s: wall time of this run so far (FID-vs-time plots)
+                        elapsed = {"elapsed_s": time.monotonic() - started}
+                        writer.write_scalars(step, {**results, **elapsed})
                     if t.best_metric in results:
                         ckpts.save_best(state, meta, t.best_metric, float(results[t.best_metric]))
 
@@ -432,3 +434,33 @@ def _loop(config, workdir, state, train_data, graphdef, mesh, ckpts, meta, evalu
         if any("loss" in r for r in records):
             images.loss_curve(records, os.path.join(workdir, "loss.png"))
     return state
+
+
+QUALITY_FILE = "quality.json"
+
+
+def train_and_eval(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """The quality run: train (up to `config.train.time_budget_s`), then FID of the result.
+
+    Writes `workdir/quality.json`: the `--mode=eval` record plus training wall time, images
+    seen and the budget, and `workdir/fid_vs_time.png` when periodic FID was on.
+    """
+    started = time.monotonic()
+    state = train_and_evaluate(config, workdir)
+    train_wall = time.monotonic() - started
+    record = evaluate.run_eval(config, workdir)
+    record.update(
+        train_wall_s=round(train_wall, 2),
+        train_steps=int(state.step),
+        images_seen=int(state.step) * int(config.train.batch_size),
+        time_budget_s=float(config.train.time_budget_s),
+        total_wall_s=round(time.monotonic() - started, 2),
+    )
+    if parallel.is_main_process():
+        with open(os.path.join(workdir, QUALITY_FILE), "w") as f:
+            json.dump(record, f, indent=2)
+            f.write("\n")
+        records = writers.read_metrics(os.path.join(workdir, writers.METRICS_FILE))
+        if any("fid" in r for r in records):
+            images.fid_curve(records, os.path.join(workdir, "fid_vs_time.png"))
+    return record

@@ -81,3 +81,18 @@ def base_config() -> ml_collections.ConfigDict:
     e.ref_stats = ml_collections.config_dict.placeholder(str)  # file; None = user cache
     e.weights = ml_collections.config_dict.placeholder(str)  # Inception weights file (see README)
     return c
+
+
+def from_sibling(config_file: str, name: str) -> ml_collections.ConfigDict:
+    """`get_config()` of `<name>.py` in the folder of `config_file` (recipes extend a base file).
+
+    Works wherever the configs folder is, unlike `from configs.x import ...`.
+    """
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(config_file).resolve().with_name(f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"_djax_config_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()

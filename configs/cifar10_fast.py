@@ -1,0 +1,47 @@
+"""CIFAR-10 quality per GPU-minute: the paper's 35.7M U-Net trained for a wall-clock budget.
+
+    python -m diffusion_jax.main --config=configs/cifar10_fast.py --workdir=runs/c10_fast \
+        --mode=train_and_eval
+    # the seeds' schedule comparison at the same budget:
+    #   --config.diffusion.num_timesteps=300   and   --config.diffusion.schedule=cosine
+
+Why each change (configs/cifar10.py stays the paper's exact setup):
+- batch 512, lr 4e-4, warmup 1000, clip 1.0: the largest batch that keeps an H100 near its
+  throughput peak; lr scaled by sqrt(4) = 2, warmup shortened to fit a short run.
+- EMA 0.9995 with warm-up: 0.9999 needs ~10k steps before it forgets the initialisation, more
+  than a 10-minute run takes.
+- bf16 compute (float32 master weights), 8 steps per compiled call.
+- DDIM 100 steps for samples and FID (the DDIM paper's quality/speed trade-off).
+- Periodic FID on 2k samples every 2000 steps: the FID-vs-time curve and the best checkpoint.
+"""
+
+from diffusion_jax.config import from_sibling
+
+
+def get_config():
+    c = from_sibling(__file__, "cifar10")
+    c.model.dtype = "bfloat16"
+
+    c.train.batch_size = 512
+    c.train.lr = 4e-4
+    c.train.warmup_steps = 1000
+    c.train.ema_decay = 0.9995
+    c.train.ema_warmup = True
+    c.train.steps_per_call = 8
+    c.train.num_steps = 1_000_000  # the time budget ends the run
+    c.train.time_budget_s = 480.0
+    c.train.log_every = 200
+    c.train.sample_every = 2000
+    c.train.ckpt_every = 2000
+
+    c.sample.sampler = "ddim"
+    c.sample.num_steps = 100
+    c.sample.batch_size = 2000
+
+    c.fid.protocol = "tf"
+    c.fid.eval_samples = 10_000
+    c.fid.num_samples = 2000
+    c.fid.every = 2000
+    c.fid.batch_size = 500
+    c.train.best_metric = "fid"
+    return c

@@ -1,0 +1,49 @@
+"""MNIST quality per GPU-minute: configs/mnist.py's model, trained for a wall-clock budget.
+
+Run (train, then FID of 10k samples against the train set under both protocols):
+    python -m diffusion_jax.main --config=configs/mnist_fast.py --workdir=runs/mnist_fast \
+        --mode=train_and_eval
+
+Why each change (configs/mnist.py stays the seeds' exact setup):
+- batch 256 with lr 5e-4 (not 4x2e-4: Adam tolerates less than linear scaling) and a short
+  warmup plus clipping: 4x more images per step keeps a GPU busy; the warmup and clip keep the
+  higher lr stable in the first hundred steps.
+- EMA 0.999 with warm-up min(decay, (1+n)/(10+n)): a short run has few steps, and 0.9999 would
+  average in the random initialisation for most of it.
+- bf16 compute, float32 master weights; 8 train steps per compiled call (no dispatch gaps).
+- DDIM with 100 steps for samples and FID: 10x fewer network calls than DDPM's 1000.
+- Periodic FID on 2k samples every 2000 steps draws the FID-vs-time curve and keeps the best
+  checkpoint by FID.
+"""
+
+from diffusion_jax.config import from_sibling
+
+
+def get_config():
+    c = from_sibling(__file__, "mnist")
+    c.model.dtype = "bfloat16"
+
+    c.train.batch_size = 256
+    c.train.lr = 5e-4
+    c.train.warmup_steps = 200
+    c.train.grad_clip = 1.0
+    c.train.ema_decay = 0.999
+    c.train.ema_warmup = True
+    c.train.steps_per_call = 8
+    c.train.num_steps = 1_000_000  # the time budget ends the run
+    c.train.time_budget_s = 480.0  # leaves ~2 minutes of a 10-minute job for the final FID
+    c.train.log_every = 200
+    c.train.sample_every = 2000
+    c.train.ckpt_every = 2000
+
+    c.sample.sampler = "ddim"
+    c.sample.num_steps = 100
+    c.sample.batch_size = 2000
+
+    c.fid.protocol = "both"
+    c.fid.eval_samples = 10_000
+    c.fid.num_samples = 2000
+    c.fid.every = 2000
+    c.fid.batch_size = 500
+    c.train.best_metric = "fid"
+    return c

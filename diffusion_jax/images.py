@@ -98,52 +98,46 @@ def denoising_figure(
     return path
 
 
+Series = Mapping[str, tuple[Sequence[float], Sequence[float]]]
+
+
+def _line_plot(series: Series, path: str, xlabel: str, ylabel: str) -> str:
+    """Lines on a log-scale y axis, written as PNG (matplotlib's Agg backend, no display)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    for label, (x, y) in series.items():
+        ax.plot(x, y, label=label, marker="o" if len(x) < 30 else None)
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
+def _series(records: Sequence[Mapping[str, float]], x_key: str, y_key: str, x_scale: float = 1.0):
+    points = [(r[x_key] * x_scale, r[y_key]) for r in records
+              if isinstance(r.get(y_key), (int, float)) and x_key in r]  # fmt: skip
+    return tuple(zip(*points, strict=True)) if points else None
+
+
 def loss_curve(
     records: Sequence[Mapping[str, float]], path: str, keys: Sequence[str] = ("loss",)
 ) -> str:
     """Plot `keys` of metric records (`writers.read_metrics`) against the step, log-scale y."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6, 4), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    for key in keys:
-        points = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
-        if points:
-            steps, values = zip(*points, strict=True)
-            ax.plot(steps, values, label=key)
-    ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel(", ".join(keys))
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig.savefig(path)
-    return path
+    series = {k: xy for k in keys if (xy := _series(records, "step", k))}
+    return _line_plot(series, path, "step", ", ".join(keys))
 
 
 def fid_curve(records: Sequence[Mapping[str, float]], path: str) -> str:
-    """FID (every `fid*` metric) against training wall time in minutes, log-scale y."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6, 4), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
+    """FID (every `fid_*` metric) against training wall time in minutes, log-scale y."""
     keys = sorted({k for r in records for k in r if k.startswith("fid_")} or {"fid"})
-    for key in keys:
-        points = [(r["elapsed_s"] / 60, r[key]) for r in records if key in r and "elapsed_s" in r]
-        if points:
-            minutes, values = zip(*points, strict=True)
-            ax.plot(minutes, values, marker="o", label=key)
-    ax.set_yscale("log")
-    ax.set_xlabel("training wall time (minutes)")
-    ax.set_ylabel("FID")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig.savefig(path)
-    return path
+    series = {k: xy for k in keys if (xy := _series(records, "elapsed_s", k, 1 / 60))}
+    return _line_plot(series, path, "training wall time (minutes)", "FID")

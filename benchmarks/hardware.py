@@ -16,9 +16,11 @@ import os
 import platform
 
 # (substrings that must all occur in the device kind, lower case) -> TFLOP/s by arithmetic.
-# Order matters: the first match wins (PCIe before the SXM default).
+# Order matters: the first match wins (PCIe / NVL before the SXM default).
 PEAK_TFLOPS: list[tuple[tuple[str, ...], dict[str, float]]] = [
     (("h100", "pcie"), {"bfloat16": 756.0, "float32": 378.0, "float32-strict": 51.2}),
+    (("h100", "nvl"), {"bfloat16": 835.5, "float32": 417.5, "float32-strict": 60.0}),
+    (("h200", "nvl"), {"bfloat16": 835.5, "float32": 417.5, "float32-strict": 60.0}),
     (("h100",), {"bfloat16": 989.4, "float32": 494.7, "float32-strict": 66.9}),  # SXM
     (("h200",), {"bfloat16": 989.4, "float32": 494.7, "float32-strict": 66.9}),  # SXM
     (("a100",), {"bfloat16": 312.0, "float32": 156.0, "float32-strict": 19.5}),

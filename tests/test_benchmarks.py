@@ -71,6 +71,7 @@ def test_peak_table():
     assert hardware.peak_tflops("NVIDIA H100 80GB HBM3", "bfloat16") == pytest.approx(989.4)
     assert hardware.peak_tflops("NVIDIA H100 PCIe", "bfloat16") == pytest.approx(756.0)
     assert hardware.peak_tflops("NVIDIA H200", "float32") == pytest.approx(494.7)
+    assert hardware.peak_tflops("NVIDIA H200 NVL", "bfloat16") == pytest.approx(835.5)
     assert hardware.peak_tflops("NVIDIA H200", "float32-strict") == pytest.approx(66.9)
     assert hardware.peak_tflops("cpu", "float32") is None
 

@@ -16,6 +16,7 @@ SIGINT or at `time_budget_s`, and calls an optional `evaluate_fn` every `config.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -315,15 +316,32 @@ def train_and_evaluate(
             if changed:
                 logging.warning("Settings changed since the checkpoint: %s", "; ".join(changed))
         train_data = load_train_data(config, mesh)
-        return _loop(config, workdir, state, train_data, graphdef, mesh, ckpts, meta, evaluate_fn,
-                     started, is_main)  # fmt: skip
+        run = _Run(config, workdir, mesh, graphdef, ckpts, meta, is_main, started)
+        return _loop(run, state, train_data, evaluate_fn)
     finally:
         ckpts.wait()
         ckpts.close()
 
 
-def _loop(config, workdir, state, train_data, graphdef, mesh, ckpts, meta, evaluate_fn, started,
-          is_main) -> TrainState:  # fmt: skip
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    """What the loop needs besides the state and the data (fixed for the whole run)."""
+
+    config: ml_collections.ConfigDict
+    workdir: str
+    mesh: Mesh
+    graphdef: nnx.GraphDef
+    ckpts: checkpoint.Checkpoints
+    meta: dict
+    is_main: bool
+    started: float  # time.monotonic() at the start (for the time budget)
+
+
+def _loop(
+    run: _Run, state: TrainState, train_data: TrainData, evaluate_fn: EvaluateFn | None
+) -> TrainState:
+    config, workdir, mesh, graphdef = run.config, run.workdir, run.mesh, run.graphdef
+    ckpts, meta, is_main, started = run.ckpts, run.meta, run.is_main, run.started
     t = config.train
     schedule = state_lib.build_schedule(config)
     train_call = make_train_call(config, graphdef, schedule, mesh)

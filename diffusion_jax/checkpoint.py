@@ -140,6 +140,7 @@ class Checkpoints:
         self._read_only = read_only
         self._latest = _manager(self.latest_dir, keep, read_only)
         self._best = _manager(self.best_dir, 1, read_only)
+        self._best_seen: dict[str, float] = {}  # metric -> best value saved (see save_best)
 
     # ----------------------------------------------------------------- queries
 
@@ -173,13 +174,21 @@ class Checkpoints:
         return self._latest.save(step, args=self._save_args(state, meta))
 
     def save_best(self, state: Any, meta: Mapping[str, Any], metric: str, value: float) -> bool:
-        """Save `state` as the best one if `value` of `metric` beats the current best."""
-        if not math.isfinite(value) or value >= self.best_value(metric):
+        """Save `state` as the best one if `value` of `metric` beats the current best.
+
+        The best value is read from disk once, then kept in memory: a decision read from files
+        that an async save is still writing could differ between processes, and a save that
+        only some processes start never finishes.
+        """
+        if self._best_seen.get(metric) is None:
+            self._best_seen[metric] = self.best_value(metric)
+        if not math.isfinite(value) or value >= self._best_seen[metric]:
             return False
         meta = {**meta, "best": {"metric": metric, "value": float(value)}}
         step = int(state.step)
         if step in self.all_steps(best=True):
             return False
+        self._best_seen[metric] = float(value)
         return self._best.save(step, args=self._save_args(state, meta))
 
     @staticmethod

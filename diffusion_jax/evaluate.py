@@ -94,19 +94,18 @@ def reference_statistics(
     config: ml_collections.ConfigDict,
     extractor: fid.FeatureExtractor,
     *,
-    compute: bool = True,
+    recompute: bool = False,
     progress: bool = True,
 ) -> tuple[fid.FidStatistics, Path]:
-    """Cached reference statistics, computed from every image of the split when missing."""
+    """Cached reference statistics, computed from every image of the split when missing (or
+    when `recompute`, which then replaces the file)."""
     path = reference_path(config, extractor.protocol, extractor.network_sha256)
-    if path.is_file():
+    if path.is_file() and not recompute:
         stats = fid.load_statistics(
             path, expect_protocol=extractor.protocol, expect_network=extractor.network_sha256
         )
         _check_reference(stats, config, path)
         return stats, path
-    if not compute:
-        raise UserError(f"No reference statistics at {path}; run --mode=fid_stats first.")
     split = data.load_split(
         config.data.dataset,
         config.fid.ref_split,
@@ -178,14 +177,9 @@ def run_fid_stats(config: ml_collections.ConfigDict, workdir: str | None = None)
     mesh = parallel.make_mesh()
     out = {}
     for protocol, extractor in make_extractors(config, mesh).items():
-        path = reference_path(config, protocol, extractor.network_sha256)
-        if path.is_file() and parallel.is_main_process():
-            logging.info("Recomputing %s (replacing the existing file).", path)
-        parallel.sync("fid_stats_start")
-        if parallel.is_main_process() and path.is_file():
-            path.unlink()
-        parallel.sync("fid_stats_removed")
-        stats, path = reference_statistics(config, extractor, progress=parallel.is_main_process())
+        stats, path = reference_statistics(
+            config, extractor, recompute=True, progress=parallel.is_main_process()
+        )
         out[protocol] = {"path": str(path), "count": stats.count}
         logging.info("%s reference (%s): %d images -> %s", config.data.dataset, protocol,
                      stats.count, path)  # fmt: skip

@@ -384,8 +384,8 @@ def _loop(
                         # CPU (gloo) two processes can otherwise pair them up differently and
                         # deadlock.
                         jax.block_until_ready(metrics)
-                    if multi and parallel.any_process(reason is not None):
-                        reason = reason or "another process"
+                        if parallel.any_process(reason is not None):
+                            reason = reason or "another process"
                 last = step >= t.num_steps or reason is not None
                 save = step % t.ckpt_every == 0 or last
 

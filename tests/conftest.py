@@ -22,7 +22,9 @@ import pytest
 
 from diffusion_jax import data
 
-MNIST_NPZ = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist.npz"
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+MNIST_NPZ = SHARED_DATA / "mnist.npz"
+FID_WEIGHTS = SHARED_DATA / "inception-2015-12-05_fid_torchscript.pt"
 _CACHE_DAYS = 7  # entries unused this long (other keys) are removed
 
 
@@ -96,3 +98,19 @@ def tiny_mnist_dir(
     data_dir = tmp_path_factory.mktemp("tiny_tfds")
     data.import_arrays("mnist", tiny_mnist_arrays, str(data_dir), full=False)
     return str(data_dir)
+
+
+@pytest.fixture(scope="module")
+def fid_flags(tmp_path_factory) -> list[str]:
+    """`--config.fid.*` flags for small end-to-end FID runs on the tiny fake MNIST: the shared
+    FID weights, the 64-image test split as reference (statistics in a fresh folder), batch 8."""
+    if not FID_WEIGHTS.is_file():
+        pytest.skip(f"FID weights not found at {FID_WEIGHTS}")
+    stats_dir = tmp_path_factory.mktemp("fid_stats")
+    return [
+        f"--config.fid.weights={FID_WEIGHTS}",
+        "--config.fid.ref_split=test",
+        f"--config.fid.ref_stats={stats_dir}/ref-{{protocol}}.npz",
+        "--config.fid.batch_size=8",
+        "--config.sample.batch_size=8",
+    ]

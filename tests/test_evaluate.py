@@ -8,30 +8,12 @@ Small on purpose: the Inception network runs ~5 images/s on this CPU, so the ref
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 from train_utils import flags_for, no_traceback, run_main
 
 pytestmark = pytest.mark.slow
-
-WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "data"
-WEIGHTS = WEIGHTS / "inception-2015-12-05_fid_torchscript.pt"
-
-
-@pytest.fixture(scope="module")
-def fid_flags(tmp_path_factory):
-    if not WEIGHTS.is_file():
-        pytest.skip(f"FID weights not found at {WEIGHTS}")
-    stats_dir = tmp_path_factory.mktemp("fid_stats")
-    return [
-        f"--config.fid.weights={WEIGHTS}",
-        "--config.fid.ref_split=test",
-        f"--config.fid.ref_stats={stats_dir}/ref-{{protocol}}.npz",
-        "--config.fid.batch_size=8",
-        "--config.sample.batch_size=8",
-    ]
 
 
 def test_train_with_periodic_fid_then_eval(tmp_path, tiny_mnist_dir, fid_flags):

@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-from test_evaluate import fid_flags  # noqa: F401 - the shared FID fixture
 from train_utils import flags_for, run_main, tiny_config
 
 from diffusion_jax import state as state_lib
@@ -24,7 +23,7 @@ def test_ema_warmup_is_min_of_decay_and_formula(n):
     assert float(state_lib.ema_decay(config, n)) == pytest.approx(expected, rel=1e-6)
 
 
-def test_quality_run_stops_at_budget_then_evaluates(tmp_path, tiny_mnist_dir, fid_flags):  # noqa: F811
+def test_quality_run_stops_at_budget_then_evaluates(tmp_path, tiny_mnist_dir, fid_flags):
     workdir = tmp_path / "run"
     args = flags_for(
         tiny_mnist_dir, train__num_steps=1000, train__time_budget_s=0.001, train__log_every=1,

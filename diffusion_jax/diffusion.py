@@ -191,15 +191,33 @@ def training_loss(
 ) -> jax.Array:
     """Per-example simplified loss L_simple of Ho et al., float32 [B].
 
-    t ~ U{0..T-1}, noise ~ N(0, I), x_t = q_sample(x0, t, noise) and the loss is the mean over
-    H, W, C of (target - denoise_fn(x_t, t))^2, where the target is eps, x0 or v.
+    t ~ U{0..T-1}, noise ~ N(0, I), and the loss is `loss_at(x0, t, noise)`.
+    """
+    t_key, noise_key = jax.random.split(rng)
+    t = jax.random.randint(t_key, x0.shape[:1], 0, s.num_timesteps, dtype=jnp.int32)
+    noise = jax.random.normal(noise_key, x0.shape, jnp.float32)
+    return loss_at(s, denoise_fn, x0, t, noise, prediction=prediction)
+
+
+def loss_at(
+    s: Schedule,
+    denoise_fn: DenoiseFn,
+    x0: jax.Array,
+    t: jax.Array,
+    noise: jax.Array,
+    *,
+    prediction: str = "eps",
+) -> jax.Array:
+    """Per-example loss at given timesteps and noise, float32 [B].
+
+    x_t = q_sample(x0, t, noise) and the loss is the mean over H, W, C of
+    (target - denoise_fn(x_t, t))^2, where the target is eps, x0 or v. With fixed (t, noise) it
+    is a deterministic function of the parameters (the held-out metric).
     """
     if prediction not in PREDICTIONS:
         raise ValueError(f"unknown prediction={prediction!r}; use one of {PREDICTIONS}")
     x0 = x0.astype(jnp.float32)
-    t_key, noise_key = jax.random.split(rng)
-    t = jax.random.randint(t_key, x0.shape[:1], 0, s.num_timesteps, dtype=jnp.int32)
-    noise = jax.random.normal(noise_key, x0.shape, jnp.float32)
+    noise = noise.astype(jnp.float32)
     x_t = q_sample(s, x0, t, noise)
     if prediction == "eps":
         target = noise

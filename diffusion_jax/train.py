@@ -126,6 +126,28 @@ def select_batch(
     return x.reshape(n * b, *x.shape[2:]), y.reshape(n * b)
 
 
+def prepare_batch(
+    config: ml_collections.ConfigDict,
+    x: jax.Array,
+    labels: jax.Array,
+    flip_key: jax.Array,
+    label_key: jax.Array,
+) -> tuple[jax.Array, jax.Array | None]:
+    """uint8 images -> model space, random horizontal flips (the W axis, rate 1/2) when
+    `config.data.random_flip`, and for conditional models labels dropped to the null label
+    (`num_classes`) at rate `config.train.label_dropout` (classifier-free guidance)."""
+    x = data.to_model_space(x)
+    batch = x.shape[0]
+    if config.data.random_flip:
+        flip = jax.random.bernoulli(flip_key, 0.5, (batch, 1, 1, 1))
+        x = jnp.where(flip, x[:, :, ::-1, :], x)
+    y = None
+    if config.model.num_classes:
+        drop = jax.random.bernoulli(label_key, config.train.label_dropout, (batch,))
+        y = jnp.where(drop, config.model.num_classes, labels)
+    return x, y
+
+
 def train_step(
     state: TrainState,
     train_data: TrainData,
@@ -146,15 +168,7 @@ def train_step(
     if batch_sharding is not None:
         x = jax.lax.with_sharding_constraint(x, batch_sharding)
         labels = jax.lax.with_sharding_constraint(labels, batch_sharding)
-    x = data.to_model_space(x)
-    batch = x.shape[0]
-    if config.data.random_flip:
-        flip = jax.random.bernoulli(flip_key, 0.5, (batch, 1, 1, 1))
-        x = jnp.where(flip, x[:, :, ::-1, :], x)
-    y = None
-    if config.model.num_classes:  # drop labels to the null label (for classifier-free guidance)
-        drop = jax.random.bernoulli(label_key, config.train.label_dropout, (batch,))
-        y = jnp.where(drop, config.model.num_classes, labels)
+    x, y = prepare_batch(config, x, labels, flip_key, label_key)
 
     def loss_fn(params):
         model = nnx.merge(graphdef, params)

@@ -33,6 +33,7 @@ def base_config() -> ml_collections.ConfigDict:
     m.time_emb_dim = ml_collections.config_dict.placeholder(int)  # None: 4 * ch
     m.num_classes = 0  # > 0: class-conditional (labels from the dataset, guidance when sampling)
     m.dtype = "float32"  # compute dtype ("bfloat16" on GPUs/TPUs); parameters stay float32
+    m.attention = "xla"  # "xla": float32 logits/softmax/weights; "cudnn": flash kernel (bf16 GPUs)
 
     c.diffusion = f = ml_collections.ConfigDict()
     f.num_timesteps = 1000

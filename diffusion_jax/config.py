@@ -58,7 +58,7 @@ def base_config() -> ml_collections.ConfigDict:
     # interval. Keep 1 on CPUs: XLA:CPU runs backward convolutions ~10x slower inside loops.
     t.steps_per_call = 1
     t.time_budget_s = 0.0  # > 0: stop, checkpoint and return after this many seconds
-    t.tensorboard = True  # TensorBoard event files via CLU (needs TF); metrics.jsonl always
+    t.tensorboard = True  # TensorBoard event files (tensorboard package; no TF needed)
 
     c.sample = s = ml_collections.ConfigDict()
     s.num_samples = 64  # --mode=sample writes this many to samples.npz

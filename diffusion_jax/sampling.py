@@ -4,8 +4,9 @@ A `Generator` is one compiled sampling function for a fixed global batch: the ba
 over every device, every random draw of image `i` comes from its own key `fold_in(rng, i)`
 (`samplers.image_keys`, i the global index), and class-conditional models get class-balanced
 labels (`i % num_classes` for image `i`) with classifier-free guidance. Image i is therefore the
-same for any batch size, device count or process count. `generate` runs it batch after batch and hands each batch to the host (float32 ->
-uint8 with `fid.quantize`, the one rounding rule), so N never has to fit on the devices.
+same for any batch size, device count or process count. `generate` runs it batch after batch and
+hands each batch to the host (float32 -> uint8 with `fid.quantize`, the one rounding rule), so N
+never has to fit on the devices.
 """
 
 from __future__ import annotations

@@ -369,8 +369,11 @@ def _loop(
         )
     preview_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), sampling.SAMPLE_STREAM)
 
-    writer = writers.create_writer(workdir, is_main=is_main, tensorboard=t.tensorboard)
     step = int(state.step)
+    # A killed run may have logged past the checkpoint it resumes from: those records go.
+    writer = writers.create_writer(
+        workdir, is_main=is_main, tensorboard=t.tensorboard, resume_step=step
+    )
     bar = writers.progress_bar(t.num_steps, initial=step, enabled=is_main)
     pending: list[dict[str, jax.Array]] = []
     last_log_step, last_log_time = step, time.monotonic()

@@ -46,8 +46,14 @@ def base_config() -> ml_collections.ConfigDict:
     t.lr = 2e-4
     t.warmup_steps = 5000  # linear warmup from 0, then constant
     t.grad_clip = 1.0  # global-norm clipping; 0 = off
+    # EMA of the parameters. ema_halflife_images > 0 (EDM, Karras et al. 2022): decay per step
+    # 0.5 ** (batch / h) with h = min(ema_halflife_images, ema_rampup_ratio * images_seen), so
+    # the EMA's memory is h images whatever the batch size and young runs forget the init.
+    # ema_halflife_images = 0: the fixed per-step ema_decay (Ho et al.), optionally warmed up.
     t.ema_decay = 0.9999
     t.ema_warmup = False  # True: decay min(ema_decay, (1 + n) / (10 + n)) at step n
+    t.ema_halflife_images = 0.0  # > 0: EMA by half-life in images (replaces ema_decay)
+    t.ema_rampup_ratio = 0.05  # EDM's ramp-up (with the half-life); 0 = none
     t.label_dropout = 0.1  # conditional models: P(label -> null label), for guidance
     t.log_every = 100
     t.sample_every = 10_000  # EMA sample grid to workdir/samples; 0 = never

@@ -6,6 +6,8 @@ value fails before anything is compiled, with a message that names the setting.
 
 from __future__ import annotations
 
+import math
+
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -79,9 +81,23 @@ def build_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfor
 
 
 def ema_decay(config: ml_collections.ConfigDict, step: jax.Array) -> jax.Array:
-    """EMA decay at update `step`; with `ema_warmup` early averages forget the random init."""
-    decay = jnp.float32(config.train.ema_decay)
-    if config.train.ema_warmup:
+    """EMA decay of update `step` (0-based: `step * batch_size` images seen before it).
+
+    By half-life (`ema_halflife_images > 0`, EDM's rule): `0.5 ** (batch / h)` with
+    `h = min(halflife, ema_rampup_ratio * images_seen)` (ratio 0: no ramp-up), so after N
+    images the initial parameters weigh `0.5 ** (N / halflife)` for any batch size. Otherwise
+    the fixed `ema_decay`, with `ema_warmup` capping it at `(1 + n) / (10 + n)`.
+    """
+    t = config.train
+    if t.ema_halflife_images > 0:
+        batch = float(t.batch_size)
+        halflife = jnp.float32(t.ema_halflife_images)
+        if t.ema_rampup_ratio > 0:
+            seen = jnp.asarray(step, jnp.float32) * batch
+            halflife = jnp.minimum(halflife, t.ema_rampup_ratio * seen)
+        return jnp.power(0.5, batch / jnp.maximum(halflife, 1e-8)).astype(jnp.float32)
+    decay = jnp.float32(t.ema_decay)
+    if t.ema_warmup:
         n = jnp.asarray(step, jnp.float32)
         decay = jnp.minimum(decay, (1.0 + n) / (10.0 + n))
     return decay
@@ -232,7 +248,22 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         ) from e
 
 
+def _non_finite(node, prefix: str = "") -> list[str]:
+    """`a.b=inf` for every float setting that is NaN or infinite (no setting means those)."""
+    out = []
+    for key, value in node.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, ml_collections.ConfigDict):
+            out += _non_finite(value, f"{name}.")
+        elif isinstance(value, float) and not math.isfinite(value):
+            out.append(f"config.{name}={value}")
+    return out
+
+
 def _validate(config: ml_collections.ConfigDict) -> None:
+    bad = _non_finite(config)
+    if bad:
+        raise UserError(f"{', '.join(bad)}: settings must be finite numbers.")
     _check(isinstance(config.seed, int), "seed", config.seed, "must be an integer")
 
     _one_of(config, "data.dataset", data.DATASETS)
@@ -253,6 +284,13 @@ def _validate(config: ml_collections.ConfigDict) -> None:
     _check(t.warmup_steps >= 0, "train.warmup_steps", t.warmup_steps, "must be >= 0")
     _check(t.grad_clip >= 0, "train.grad_clip", t.grad_clip, "must be >= 0 (0 = off)")
     _check(0 <= t.ema_decay < 1, "train.ema_decay", t.ema_decay, "must be in [0, 1)")
+    _check(
+        t.ema_halflife_images >= 0,
+        "train.ema_halflife_images",
+        t.ema_halflife_images,
+        "must be >= 0 (0 = use config.train.ema_decay)",
+    )
+    _check(t.ema_rampup_ratio >= 0, "train.ema_rampup_ratio", t.ema_rampup_ratio, "must be >= 0")
     _check(0 <= t.label_dropout < 1, "train.label_dropout", t.label_dropout, "must be in [0, 1)")
     _check(t.sample_every >= 0, "train.sample_every", t.sample_every, "must be >= 0 (0 = off)")
     _check(t.time_budget_s >= 0, "train.time_budget_s", t.time_budget_s, "must be >= 0 (0 = off)")

@@ -59,7 +59,11 @@ def base_config() -> ml_collections.ConfigDict:
     t.sample_every = 10_000  # EMA sample grid to workdir/samples; 0 = never
     t.ckpt_every = 10_000
     t.keep_checkpoints = 3  # latest N in workdir/checkpoints (+ the best one in workdir/best)
-    t.best_metric = "loss"  # metric that picks workdir/best (lower is better)
+    # Metric that picks workdir/best (lower is better): "auto" = "fid" when periodic FID is on,
+    # else "heldout_loss" when heldout_examples > 0, else "loss" (the log window's mean).
+    t.best_metric = "auto"
+    t.heldout_examples = 256  # held-out eps-MSE on this many test images (0 = off), per save
+    t.heldout_timesteps = 8  # ... each at this many fixed timesteps (diffusion_jax/heldout.py)
     # Train steps per compiled call (lax.scan, fewer dispatches on accelerators); divides every
     # interval. Keep 1 on CPUs: XLA:CPU runs backward convolutions ~10x slower inside loops.
     t.steps_per_call = 1

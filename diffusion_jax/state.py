@@ -294,7 +294,6 @@ def _validate(config: ml_collections.ConfigDict) -> None:
     _check(0 <= t.label_dropout < 1, "train.label_dropout", t.label_dropout, "must be in [0, 1)")
     _check(t.sample_every >= 0, "train.sample_every", t.sample_every, "must be >= 0 (0 = off)")
     _check(t.time_budget_s >= 0, "train.time_budget_s", t.time_budget_s, "must be >= 0 (0 = off)")
-    _check(t.best_metric != "", "train.best_metric", t.best_metric, "must name a metric")
     k = t.steps_per_call
     for name in ("num_steps", "log_every", "ckpt_every", "sample_every"):
         value = t[name]
@@ -318,12 +317,34 @@ def _validate(config: ml_collections.ConfigDict) -> None:
         "must be 0 (off) or >= 2",
     )
     fid_metrics = ("fid", "fid_tf", "fid_pytorch_fid")
+    periodic_fid = bool(every and f.num_samples)
     _check(
-        t.best_metric == "loss" or (t.best_metric in fid_metrics and every and f.num_samples),
+        t.best_metric in ("auto", "loss", "heldout_loss", *fid_metrics),
         "train.best_metric",
         t.best_metric,
-        f"must be 'loss', or one of {fid_metrics} with config.fid.every and "
-        "config.fid.num_samples > 0 (periodic FID)",
+        f"must be 'auto', 'loss', 'heldout_loss' or one of {fid_metrics}",
+    )
+    _check(
+        t.best_metric not in fid_metrics or periodic_fid,
+        "train.best_metric",
+        t.best_metric,
+        "needs periodic FID (config.fid.every and config.fid.num_samples > 0)",
+    )
+    _check(
+        t.best_metric != "heldout_loss" or t.heldout_examples > 0,
+        "train.best_metric",
+        t.best_metric,
+        "needs config.train.heldout_examples > 0",
+    )
+    for name in ("heldout_examples", "heldout_timesteps"):
+        value = t[name]
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        _check(ok, f"train.{name}", value, "must be an integer >= 0")
+    _check(
+        not t.heldout_examples or t.heldout_timesteps > 0,
+        "train.heldout_timesteps",
+        t.heldout_timesteps,
+        "must be > 0 when config.train.heldout_examples > 0",
     )
     n = shards or jax.process_count()
     _check(
@@ -358,6 +379,17 @@ def _validate(config: ml_collections.ConfigDict) -> None:
         )
 
     abstract_model(config)  # model settings: raises UserError naming what does not fit
+
+
+def best_metric(config: ml_collections.ConfigDict) -> str:
+    """The metric that picks `workdir/best`: `config.train.best_metric`, with "auto" meaning FID
+    when periodic FID is on, else the held-out loss when it is on, else the training loss."""
+    name = config.train.best_metric
+    if name != "auto":
+        return name
+    if config.fid.every and config.fid.num_samples:
+        return "fid"
+    return "heldout_loss" if config.train.heldout_examples else "loss"
 
 
 def sample_settings(config: ml_collections.ConfigDict, *, fast: bool = False) -> dict:

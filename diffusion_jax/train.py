@@ -40,6 +40,7 @@ from diffusion_jax import (
     data,
     diffusion,
     evaluate,
+    heldout,
     images,
     parallel,
     sampling,
@@ -49,7 +50,7 @@ from diffusion_jax import state as state_lib
 from diffusion_jax.errors import TrainingDivergedError, UserError
 from diffusion_jax.state import TrainState
 
-# evaluate_fn(step, ema_params) -> {metric: value} or None; `config.train.best_metric` among
+# evaluate_fn(step, ema_params) -> {metric: value} or None; `state.best_metric(config)` among
 # its metrics picks the checkpoint kept in workdir/best.
 EvaluateFn = Callable[[int, nnx.State], Mapping[str, float] | None]
 
@@ -368,6 +369,8 @@ def _loop(
             config, graphdef, schedule, mesh, batch_size=preview_batch, fast=True
         )
     preview_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), sampling.SAMPLE_STREAM)
+    heldout_loss = heldout.make_heldout_loss(config, mesh, graphdef, schedule)
+    best = state_lib.best_metric(config)
 
     step = int(state.step)
     # A killed run may have logged past the checkpoint it resumes from: those records go.
@@ -427,6 +430,8 @@ def _loop(
                         "steps_per_sec": rate,
                         "examples_per_sec": rate * t.batch_size,
                     }
+                    if save and heldout_loss is not None:  # of the EMA, at every checkpoint
+                        scalars["heldout_loss"] = heldout_loss(state.ema_params)
                     writer.write_scalars(step, scalars)
                     bar.set_postfix_str(f"loss={loss:.4f}")
 
@@ -440,14 +445,14 @@ def _loop(
                     if results:  # elapsed_s: wall time of this run so far (FID-vs-time plots)
                         elapsed = {"elapsed_s": time.monotonic() - started}
                         writer.write_scalars(step, {**results, **elapsed})
-                    if t.best_metric in results:
-                        ckpts.save_best(state, meta, t.best_metric, float(results[t.best_metric]))
+                    if best in results:
+                        ckpts.save_best(state, meta, best, float(results[best]))
 
                 if save:
                     ckpts.save(state, meta)
                     last_good = step
-                    if t.best_metric == "loss":
-                        ckpts.save_best(state, meta, "loss", loss)
+                    if best in scalars:  # "loss" or "heldout_loss"
+                        ckpts.save_best(state, meta, best, float(scalars[best]))
 
                 if reason is not None:
                     ckpts.wait()

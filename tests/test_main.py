@@ -40,8 +40,8 @@ def _assert_clean_failure(result, code: int, *needles: str) -> None:
         ("--config.train.steps_per_call=3", "must be a multiple of config.train.steps_per_call=3"),
     ],
 )
-def test_bad_config_value_is_one_clear_message(tmp_path, override, needle):
-    result = run_main(*flags_for(str(tmp_path)), override, f"--workdir={tmp_path / 'w'}")
+def test_bad_config_value_is_one_clear_message(tiny_mnist_dir, tmp_path, override, needle):
+    result = run_main(*flags_for(tiny_mnist_dir), override, f"--workdir={tmp_path / 'w'}")
     _assert_clean_failure(result, 2, needle)
     assert not (tmp_path / "w").exists()
 
@@ -56,6 +56,7 @@ def test_missing_config_file_and_unknown_field(tmp_path):
 def test_missing_data_says_how_to_prepare_it(tmp_path):
     result = run_main(*flags_for(str(tmp_path / "empty")), f"--workdir={tmp_path / 'w'}")
     _assert_clean_failure(result, 2, "mnist is not prepared in", "python -m diffusion_jax.data")
+    assert not (tmp_path / "w").exists()  # found before the workdir (or the model) is made
 
 
 def test_modes_dispatch_and_errors_map_to_exit_codes(monkeypatch):

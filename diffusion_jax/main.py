@@ -73,6 +73,7 @@ def _train_and_eval(config: ml_collections.ConfigDict, args: RunArgs) -> None:
     train.train_and_eval(config, args.workdir)
 
 
+TRAIN_MODES = ("train", "train_and_eval")
 MODES: dict[str, Callable[[ml_collections.ConfigDict, RunArgs], object]] = {
     "train": _train,
     "sample": _sample,
@@ -187,6 +188,17 @@ def run(argv: list[str]) -> int:
         return _fail(
             f"Unexpected arguments {argv[1:]}; flags are written --name=value.", EXIT_USER_ERROR
         )
+    # Signals before a mode has anything to save stop at once with a message (train modes
+    # replace this handler with theirs, which saves, once training runs).
+    stop = train.StopRequest(
+        when=f"during --mode={FLAGS.mode}",
+        note="nothing was saved by this run and nothing half-written was left",
+    )
+    with stop:
+        return _run_mode()
+
+
+def _run_mode() -> int:
     try:
         configure_compilation_cache()
         spec = parallel.spec_from_env(
@@ -200,6 +212,11 @@ def run(argv: list[str]) -> int:
         check_data(config, FLAGS.mode)
         state_lib.validate_config(config)
         MODES[FLAGS.mode](config, RunArgs(FLAGS.workdir, FLAGS.checkpoint))
+    except train.TrainingStopped as e:
+        logging.warning("%s", e)
+        # A stopped training run is a clean stop (as one stopped after saving); another mode
+        # stopped by a signal did not do its job: the shell's code for that signal.
+        return 0 if FLAGS.mode in TRAIN_MODES else 128 + e.signum
     except TrainingDivergedError as e:
         return _fail(str(e), EXIT_DIVERGED)
     except UserError as e:

@@ -134,3 +134,31 @@ def test_divergence_exits_3_and_keeps_the_last_good_checkpoint(tiny_mnist_dir, t
         result, 3, "Training diverged", "last good checkpoint is step 4", "lower config.train.lr"
     )
     assert snapshot(workdir / "checkpoints") == before
+
+
+def test_a_signal_before_anything_is_saved_stops_with_a_message(monkeypatch, tmp_path, caplog):
+    """SIGTERM while a mode sets up (validation, compiling, loading) is one message, not a
+    silent 143: exit 0 for the train modes (a clean stop), 128 + 15 for the others."""
+    import os
+    import signal
+
+    from absl import flags
+
+    def signalled(config, args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("the handler raises before this line")
+
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        for mode, code in (("train", 0), ("eval", 143)):
+            monkeypatch.setitem(main.MODES, mode, signalled)
+            monkeypatch.setattr(main, "check_data", lambda config, mode: None)
+            flags.FLAGS.unparse_flags()
+            tiny = f"--config={REPO / 'configs' / 'tiny.py'}"
+            flags.FLAGS(["main", tiny, f"--workdir={tmp_path / mode}"])
+            flags.FLAGS["mode"].value = mode
+            assert main.run(["main"]) == code, mode
+            assert f"SIGTERM received during --mode={mode}" in caplog.text
+    finally:
+        flags.FLAGS.unparse_flags()
+    assert signal.getsignal(signal.SIGTERM) is handler

@@ -328,3 +328,20 @@ def test_compilation_cache_keeps_the_users_jax_settings(tmp_path, restore_jax_ca
     env = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "XDG_CACHE_HOME": str(tmp_path)}
     main.configure_compilation_cache(env)
     assert jax.config.jax_persistent_cache_min_compile_time_secs == 0.0
+
+
+@pytest.mark.parametrize(
+    "section,field,value,match",
+    [
+        ("model", "time_emb_dim", 0, "config.model.time_emb_dim=0"),
+        ("model", "time_emb_dim", -4, "config.model.time_emb_dim=-4"),
+        ("", "seed", 2**64, "config.seed=18446744073709551616"),
+        ("", "seed", -1, "config.seed=-1"),
+    ],
+)
+def test_config_values_that_used_to_crash_are_user_errors(section, field, value, match):
+    """These reached ZeroDivisionError / TypeError / OverflowError deep in JAX."""
+    config = tiny_config("unused")
+    (config[section] if section else config)[field] = value
+    with pytest.raises(UserError, match=match):
+        state_lib.validate_config(config)

@@ -63,12 +63,14 @@ def test_reference_from_another_protocol_is_refused(tmp_path, tiny_mnist_dir, fi
         f"--workdir={tmp_path / 'run'}", "--mode=fid_stats", *args, *fid_flags,
         "--config.fid.protocol=pytorch_fid", f"--config.fid.ref_stats={path}", timeout=300,
     )  # fmt: skip
-    # fid_stats recomputes (and replaces) a file; eval must refuse a mismatching one instead.
+    # fid_stats recomputes (and replaces) a file; evaluation must refuse a mismatching one.
     assert result.returncode == 0, result.stderr[-3000:]
     assert fid.load_statistics(path).protocol == "pytorch_fid"
     fid.save_statistics(path, fake)
+    # --mode=eval reads the checkpoint first (there is none here); the watcher builds its
+    # Evaluator (extractors + references, what every evaluation shares) before it looks.
     result = run_main(
-        f"--workdir={tmp_path / 'run'}", "--mode=eval", *args, *fid_flags,
+        f"--workdir={tmp_path / 'run'}", "--mode=eval_watch", *args, *fid_flags,
         "--config.fid.protocol=pytorch_fid", f"--config.fid.ref_stats={path}", timeout=300,
     )  # fmt: skip
     assert result.returncode == 2

@@ -16,15 +16,21 @@ from pathlib import Path
 
 import jax.numpy as jnp
 import pytest
-from train_utils import REPO, flags_for, main_command, no_traceback, subprocess_env, tiny_config
+from train_utils import (
+    REPO,
+    compilation_cache,
+    flags_for,
+    main_command,
+    no_traceback,
+    subprocess_env,
+    tiny_config,
+)
 
 from diffusion_jax import checkpoint, evaluate, parallel, watch
 from diffusion_jax import state as state_lib
 
 
-def _save_steps(config, workdir: Path, steps) -> None:
-    mesh = parallel.make_mesh()
-    _, state = state_lib.init_train_state(config, parallel.replicated(mesh))
+def _save_steps(config, state, workdir: Path, steps) -> None:
     meta = checkpoint.make_meta(config, state.params)
     ckpts = checkpoint.Checkpoints(str(workdir), keep=10)
     try:
@@ -38,7 +44,10 @@ def _save_steps(config, workdir: Path, steps) -> None:
 def test_watcher_skips_partial_and_deleted_and_resumes(tmp_path, monkeypatch):
     config = tiny_config("unused", train__num_steps=3)
     workdir = tmp_path / "run"
-    _save_steps(config, workdir, [1, 2])
+    mesh = parallel.make_mesh()
+    with compilation_cache():
+        _, state = state_lib.init_train_state(config, parallel.replicated(mesh))
+    _save_steps(config, state, workdir, [1, 2])
     # A save of step 3 in progress: Orbax's temporary folder, renamed only on commit.
     partial = workdir / "checkpoints" / "3.orbax-checkpoint-tmp-1234567"
     (partial / "ema_params").mkdir(parents=True)
@@ -59,7 +68,6 @@ def test_watcher_skips_partial_and_deleted_and_resumes(tmp_path, monkeypatch):
         return real_restore(self, abstract, expected, step, **kw)
 
     monkeypatch.setattr(checkpoint.Checkpoints, "restore_ema", deleting_restore)
-    mesh = parallel.make_mesh()
 
     def watcher(timeout_s):
         return watch.Watcher(config, str(workdir), fake_evaluate, mesh, timeout_s=timeout_s,
@@ -75,7 +83,7 @@ def test_watcher_skips_partial_and_deleted_and_resumes(tmp_path, monkeypatch):
 
     # The save commits; a restarted watcher evaluates step 3 only and stops: 3 >= num_steps.
     shutil.rmtree(partial)
-    _save_steps(config, workdir, [3])
+    _save_steps(config, state, workdir, [3])
     started = time.monotonic()
     summary = watcher(timeout_s=600).run()
     assert summary["evaluated"] == [3] and summary["skipped"] == [], summary

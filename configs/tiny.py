@@ -35,6 +35,8 @@ def get_config():
     c.train.sample_every = 100
     c.train.ckpt_every = 100
     c.train.keep_checkpoints = 2
+    c.train.heldout_examples = 32
+    c.train.heldout_timesteps = 4
 
     c.sample.num_samples = 64
     c.sample.batch_size = 64

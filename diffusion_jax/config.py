@@ -33,6 +33,7 @@ def base_config() -> ml_collections.ConfigDict:
     m.time_emb_dim = ml_collections.config_dict.placeholder(int)  # None: 4 * ch
     m.num_classes = 0  # > 0: class-conditional (labels from the dataset, guidance when sampling)
     m.dtype = "float32"  # compute dtype ("bfloat16" on GPUs/TPUs); parameters stay float32
+    m.attention = "xla"  # "xla": float32 logits/softmax/weights; "cudnn": flash kernel (bf16 GPUs)
 
     c.diffusion = f = ml_collections.ConfigDict()
     f.num_timesteps = 1000
@@ -45,19 +46,29 @@ def base_config() -> ml_collections.ConfigDict:
     t.lr = 2e-4
     t.warmup_steps = 5000  # linear warmup from 0, then constant
     t.grad_clip = 1.0  # global-norm clipping; 0 = off
+    # EMA of the parameters. ema_halflife_images > 0 (EDM, Karras et al. 2022): decay per step
+    # 0.5 ** (batch / h) with h = min(ema_halflife_images, ema_rampup_ratio * images_seen), so
+    # the EMA's memory is h images whatever the batch size and young runs forget the init.
+    # ema_halflife_images = 0: the fixed per-step ema_decay (Ho et al.), optionally warmed up.
     t.ema_decay = 0.9999
     t.ema_warmup = False  # True: decay min(ema_decay, (1 + n) / (10 + n)) at step n
+    t.ema_halflife_images = 0.0  # > 0: EMA by half-life in images (replaces ema_decay)
+    t.ema_rampup_ratio = 0.05  # EDM's ramp-up (with the half-life); 0 = none
     t.label_dropout = 0.1  # conditional models: P(label -> null label), for guidance
     t.log_every = 100
     t.sample_every = 10_000  # EMA sample grid to workdir/samples; 0 = never
     t.ckpt_every = 10_000
     t.keep_checkpoints = 3  # latest N in workdir/checkpoints (+ the best one in workdir/best)
-    t.best_metric = "loss"  # metric that picks workdir/best (lower is better)
+    # Metric that picks workdir/best (lower is better): "auto" = "fid" when periodic FID is on,
+    # else "heldout_loss" when heldout_examples > 0, else "loss" (the log window's mean).
+    t.best_metric = "auto"
+    t.heldout_examples = 256  # held-out eps-MSE on this many test images (0 = off), per save
+    t.heldout_timesteps = 8  # ... each at this many fixed timesteps (diffusion_jax/heldout.py)
     # Train steps per compiled call (lax.scan, fewer dispatches on accelerators); divides every
     # interval. Keep 1 on CPUs: XLA:CPU runs backward convolutions ~10x slower inside loops.
     t.steps_per_call = 1
     t.time_budget_s = 0.0  # > 0: stop, checkpoint and return after this many seconds
-    t.tensorboard = True  # TensorBoard event files via CLU (needs TF); metrics.jsonl always
+    t.tensorboard = True  # TensorBoard event files (tensorboard package; no TF needed)
 
     c.sample = s = ml_collections.ConfigDict()
     s.num_samples = 64  # --mode=sample writes this many to samples.npz

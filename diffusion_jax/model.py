@@ -92,23 +92,50 @@ class ResnetBlock(nnx.Module):
         return x + h
 
 
-class AttnBlock(nnx.Module):
-    """Single-head self-attention over all H*W positions, residual, output projection zero-init."""
+ATTENTION = ("xla", "cudnn")
 
-    def __init__(self, channels: int, *, num_groups: int, dtype, rngs: nnx.Rngs):
+
+def attention_weights(q: jax.Array, k: jax.Array) -> jax.Array:
+    """softmax(q k^T / sqrt(C)) over keys, float32 [B, Lq, Lk] for any input dtype.
+
+    The logits are accumulated and kept in float32 (`preferred_element_type`): rounding them to
+    bf16 first moves the weights by 1% at a logit spread of 1 and 17% at 9.
+    """
+    logits = jnp.einsum("bqc,bkc->bqk", q, k, preferred_element_type=jnp.float32)
+    return jax.nn.softmax(logits * (q.shape[-1] ** -0.5), axis=-1)
+
+
+class AttnBlock(nnx.Module):
+    """Single-head self-attention over all H*W positions, residual, output projection zero-init.
+
+    `attention="xla"`: logits, softmax and the weighted sum of values in float32 whatever the
+    compute dtype (exact weights; the two attention matmuls are ~3% of the CIFAR-10 U-Net's
+    FLOPs). `"cudnn"`: `jax.nn.dot_product_attention`'s cuDNN flash kernel (GPUs, bf16 only),
+    which keeps float32 statistics but feeds bf16 weights to the second matmul.
+    """
+
+    def __init__(
+        self, channels: int, *, num_groups: int, dtype, rngs: nnx.Rngs, attention: str = "xla"
+    ):
         self.norm = _group_norm(channels, num_groups, dtype, rngs)
         self.q = _dense(channels, channels, rngs, dtype=dtype)
         self.k = _dense(channels, channels, rngs, dtype=dtype)
         self.v = _dense(channels, channels, rngs, dtype=dtype)
         self.proj_out = _dense(channels, channels, rngs, scale=0.0, dtype=dtype)
+        self.attention = attention
 
     def __call__(self, x: jax.Array) -> jax.Array:
         b, hh, ww, c = x.shape
         h = self.norm(x).reshape(b, hh * ww, c)
         q, k, v = self.q(h), self.k(h), self.v(h)
-        logits = jnp.einsum("bqc,bkc->bqk", q, k).astype(jnp.float32) * (c**-0.5)
-        w = jax.nn.softmax(logits, axis=-1).astype(v.dtype)  # softmax in float32 for bf16 safety
-        h = self.proj_out(jnp.einsum("bqk,bkc->bqc", w, v))
+        if self.attention == "cudnn":
+            out = jax.nn.dot_product_attention(
+                q[:, :, None], k[:, :, None], v[:, :, None], implementation="cudnn"
+            )[:, :, 0]
+        else:
+            w = attention_weights(q, k)
+            out = jnp.einsum("bqk,bkc->bqc", w, v.astype(jnp.float32)).astype(v.dtype)
+        h = self.proj_out(out)
         return x + h.reshape(b, hh, ww, c)
 
 
@@ -127,7 +154,8 @@ class UNet(nnx.Module):
 
     ``num_classes > 0`` adds a learned label embedding (``num_classes + 1`` rows; the last row is
     the "null" label used for classifier-free guidance) to the timestep embedding.
-    ``dtype="bfloat16"`` computes in bf16 while keeping float32 parameters.
+    ``dtype="bfloat16"`` computes in bf16 while keeping float32 parameters; attention logits and
+    weights stay float32 (``attention``: see `AttnBlock`).
     """
 
     def __init__(
@@ -144,6 +172,7 @@ class UNet(nnx.Module):
         time_emb_dim: int | None = None,
         num_classes: int = 0,
         dtype: str = "float32",
+        attention: str = "xla",
         rngs: nnx.Rngs,
     ):
         ch_mult = tuple(int(m) for m in ch_mult)
@@ -157,6 +186,10 @@ class UNet(nnx.Module):
             )
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout={dropout} must be in [0, 1)")
+        if attention not in ATTENTION:
+            raise ValueError(f"attention={attention!r} is not supported; use one of {ATTENTION}")
+        if attention == "cudnn" and dtype != "bfloat16":
+            raise ValueError("attention='cudnn' (flash attention) needs dtype='bfloat16'")
         if num_classes < 0:
             raise ValueError(f"num_classes={num_classes} must be >= 0 (0 = unconditional)")
         _check_resolutions(image_size, ch_mult, attn_resolutions)
@@ -165,7 +198,7 @@ class UNet(nnx.Module):
         self.image_size, self.in_channels, self.ch = image_size, in_channels, ch
         self.num_classes, self.dropout_rate, self.dtype = num_classes, dropout, dtype
         block = dict(dropout=dropout, num_groups=num_groups, dtype=cdtype, rngs=rngs)
-        attn = dict(num_groups=num_groups, dtype=cdtype, rngs=rngs)
+        attn = dict(num_groups=num_groups, dtype=cdtype, rngs=rngs, attention=attention)
 
         self.temb_dense0 = _dense(ch, temb_dim, rngs, dtype=cdtype)
         self.temb_dense1 = _dense(temb_dim, temb_dim, rngs, dtype=cdtype)

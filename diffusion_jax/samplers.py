@@ -2,8 +2,10 @@
 
 Samplers take a denoise function ``fn(x_t [B,...] float, t [B] int32) -> eps`` rather than a
 model, so EMA weights, bf16 and sharded calls reuse the same code. They are jittable with the
-function closed over (``shape``, step counts and ``record_steps`` are static). Randomness per step
-is ``jax.random.fold_in(key, step)``, so a seed fixes the whole chain.
+function closed over (``shape``, step counts and ``record_steps`` are static). Randomness is per
+image: ``rng`` is one key per image (`image_keys`: ``fold_in(seed_key, global index)``), and
+each image's initial and per-step noise derive from its key alone, so an image is the same
+whatever the batch size or the number of devices.
 """
 
 from __future__ import annotations
@@ -65,27 +67,62 @@ def _record_plan(
     return slot_of_iter, np.asarray(order, np.int32), np.asarray(recorded, np.int32)
 
 
+def image_keys(rng: jax.Array, num_images: int, start=0) -> jax.Array:
+    """Keys of images ``start .. start + num_images - 1``: ``fold_in(rng, global index)``.
+
+    Everything random about image i (its initial noise and every step's noise) comes from its
+    key, so an image does not depend on the batch it is drawn in or the devices it runs on.
+    """
+    index = jnp.asarray(start, jnp.uint32) + jnp.arange(num_images, dtype=jnp.uint32)
+    return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, index)
+
+
+def _is_key_batch(rng: jax.Array, batch: int) -> bool:
+    rng = jnp.asarray(rng) if not hasattr(rng, "dtype") else rng
+    if jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
+        return rng.ndim == 1 and rng.shape[0] == batch
+    return rng.ndim == 2 and rng.shape[0] == batch
+
+
+def _normal(keys: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """One N(0, I) draw of `shape[1:]` per key: row i comes from keys[i] alone."""
+    return jax.vmap(lambda k: jax.random.normal(k, shape[1:], jnp.float32))(keys)
+
+
+NoiseFn = Callable[[], jax.Array]  # this iteration's N(0, I) noise, drawn per image
+
+
 def _run_chain(
-    step: Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]],
+    step: Callable[[jax.Array, jax.Array, NoiseFn], tuple[jax.Array, jax.Array]],
     shape: tuple[int, ...],
     rng: jax.Array,
     loop_ts: np.ndarray,
     record_steps: Sequence[int],
     num_timesteps: int,
 ) -> SampleOutput:
-    """``x <- step(i, x, key_i)`` from x ~ N(0, I), in one fori_loop, recording snapshots.
+    """``x <- step(i, x, noise_fn)`` from x ~ N(0, I), in one fori_loop, recording snapshots.
 
-    ``step`` returns ``(x_next, x0_pred)``; ``key_i = fold_in(loop_key, i)``. Snapshots go into a
-    preallocated [S + 1, ...] buffer: every iteration writes in place (one dynamic_update_slice,
-    no branch), iterations that are not recorded into the spare last slot, dropped at the end.
+    ``rng`` is one key per image ([B] keys, e.g. from `image_keys`) or a single key, which
+    stands for ``image_keys(rng, B)``. Image b's initial noise comes from
+    ``fold_in(key_b, 0)`` and its noise at iteration i from ``fold_in(fold_in(key_b, 1), i)``;
+    ``noise_fn()`` draws the latter (a step that needs no noise does not call it).
+    ``step`` returns ``(x_next, x0_pred)``. Snapshots go into a preallocated [S + 1, ...]
+    buffer: every iteration writes in place (one dynamic_update_slice, no branch), iterations
+    that are not recorded into the spare last slot, dropped at the end.
     """
     plan = _record_plan(loop_ts, record_steps, num_timesteps) if len(record_steps) else None
-    init_key, loop_key = jax.random.split(rng)
-    x_init = jax.random.normal(init_key, shape, jnp.float32)
+    keys = rng if _is_key_batch(rng, shape[0]) else image_keys(rng, shape[0])
+    fold = jax.vmap(jax.random.fold_in, in_axes=(0, None))
+    x_init = _normal(fold(keys, 0), shape)
+    loop_keys = fold(keys, 1)
+
+    def noise_at(i) -> NoiseFn:
+        return lambda: _normal(fold(loop_keys, i), shape)
+
     if plan is None:
 
         def body(i, x):
-            return step(i, x, jax.random.fold_in(loop_key, i))[0]
+            return step(i, x, noise_at(i))[0]
 
         x = jax.lax.fori_loop(0, len(loop_ts), body, x_init)
         return SampleOutput(samples=jnp.clip(x, -1.0, 1.0))
@@ -97,7 +134,7 @@ def _run_chain(
 
     def body(i, carry):
         x, traj, x0s = carry
-        x_next, x0 = step(i, x, jax.random.fold_in(loop_key, i))
+        x_next, x0 = step(i, x, noise_at(i))
         return x_next, traj.at[slots[i]].set(x), x0s.at[slots[i]].set(x0)
 
     x, traj, x0s = jax.lax.fori_loop(0, len(loop_ts), body, (x_init, buf, buf))
@@ -134,7 +171,7 @@ def ddpm_sample(
         raise ValueError(f"unknown variance={variance!r}; use one of {VARIANCES}")
     shape = tuple(int(d) for d in shape)
 
-    def step(i, x, key):
+    def step(i, x, noise_fn):
         t = num_t - 1 - i
         tb = jnp.full(shape[:1], t, jnp.int32)
         eps = denoise_fn(x, tb).astype(jnp.float32)
@@ -143,8 +180,7 @@ def ddpm_sample(
             x0 = jnp.clip(x0, -1.0, 1.0)
         mean, _, _ = q_posterior(s, x0, x, tb)
         std = jnp.where(t > 0, jnp.exp(0.5 * log_var[t]), 0.0)
-        noise = jax.random.normal(key, shape, jnp.float32)
-        return mean + std * noise, x0
+        return mean + std * noise_fn(), x0
 
     return _run_chain(step, shape, rng, np.arange(num_t - 1, -1, -1), record_steps, num_t)
 
@@ -199,7 +235,7 @@ def ddim_sample(
     t_arr, next_arr = jnp.asarray(loop_ts), jnp.asarray(next_ts)
     shape = tuple(int(d) for d in shape)
 
-    def step(i, x, key):
+    def step(i, x, noise_fn):
         t, t_next = t_arr[i], next_arr[i]
         tb = jnp.full(shape[:1], t, jnp.int32)
         eps = denoise_fn(x, tb).astype(jnp.float32)
@@ -213,9 +249,11 @@ def ddim_sample(
         a_next = jnp.where(last, 1.0, s.alphas_cumprod[tn])
         one_minus_a_next = jnp.where(last, 0.0, s.sqrt_one_minus_alphas_cumprod[tn] ** 2)
         sigma = eta * jnp.sqrt(one_minus_a_next / one_minus_a * (1.0 - a / a_next))
-        noise = jax.random.normal(key, shape, jnp.float32)
         direction = jnp.sqrt(jnp.maximum(one_minus_a_next - sigma**2, 0.0)) * eps
-        return jnp.sqrt(a_next) * x0 + direction + sigma * noise, x0
+        x_next = jnp.sqrt(a_next) * x0 + direction
+        if not (isinstance(eta, (int, float)) and eta == 0):  # eta = 0 draws no noise
+            x_next = x_next + sigma * noise_fn()
+        return x_next, x0
 
     return _run_chain(step, shape, rng, loop_ts, record_steps, num_t)
 
@@ -229,7 +267,9 @@ def classifier_free_guidance(
     """Denoise function eps_null + guidance * (eps_labels - eps_null) (Ho & Salimans 2022).
 
     ``guidance=1`` is the plain conditional model and ``0`` the unconditional one (a single
-    forward each); otherwise both branches run as one batched forward of size 2B.
+    forward each); otherwise both branches run as one batched forward of size 2B, interleaved
+    (rows 2b and 2b + 1 are image b's conditional and null branch), so on a batch split over
+    devices each device evaluates both branches of its own images: no collectives.
     The null label is ``num_classes`` (``UNet.null_label``).
     """
     if num_classes <= 0:
@@ -246,10 +286,11 @@ def classifier_free_guidance(
             return cond_fn(x, t, labels)
         if static and guidance == 0:
             return cond_fn(x, t, null)
-        eps = cond_fn(
-            jnp.concatenate([x, x]), jnp.concatenate([t, t]), jnp.concatenate([labels, null])
-        )
-        eps_cond, eps_null = jnp.split(eps, 2)
+        b = x.shape[0]
+        pairs = jnp.stack([labels, null], axis=1).reshape(2 * b)
+        eps = cond_fn(jnp.repeat(x, 2, axis=0), jnp.repeat(t, 2), pairs)
+        eps = eps.reshape(b, 2, *eps.shape[1:])
+        eps_cond, eps_null = eps[:, 0], eps[:, 1]
         return eps_null + guidance * (eps_cond - eps_null)
 
     return denoise_fn

@@ -1,10 +1,12 @@
 """Generating images: N samples in sharded batches streamed to the host, and `--mode=sample`.
 
 A `Generator` is one compiled sampling function for a fixed global batch: the batch is split
-over every device, the noise of batch `b` comes from `fold_in(rng, b)`, and class-conditional
-models get class-balanced labels (`i % num_classes` for sample `i`) with classifier-free
-guidance. `generate` runs it batch after batch and hands each batch to the host (float32 ->
-uint8 with `fid.quantize`, the one rounding rule), so N never has to fit on the devices.
+over every device, every random draw of image `i` comes from its own key `fold_in(rng, i)`
+(`samplers.image_keys`, i the global index), and class-conditional models get class-balanced
+labels (`i % num_classes` for image `i`) with classifier-free guidance. Image i is therefore the
+same for any batch size, device count or process count. `generate` runs it batch after batch and
+hands each batch to the host (float32 -> uint8 with `fid.quantize`, the one rounding rule), so N
+never has to fit on the devices.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ OUTPUT_DIR = "sample"
 @dataclasses.dataclass(frozen=True)
 class Generator:
     """`fn(params, rng, batch_index) -> (samples float32 [B, H, W, C], labels int32 [B] | None)`,
-    compiled once, outputs sharded over the batch."""
+    compiled once, outputs sharded over the batch: images `batch_index * B ... + B - 1` of the
+    stream `rng`."""
 
     fn: Callable[[nnx.State, jax.Array, jax.Array], tuple[jax.Array, jax.Array | None]]
     batch_size: int
@@ -77,8 +80,9 @@ def make_generator(
         def sharded_denoise(x, t):
             return denoise(jax.lax.with_sharding_constraint(x, batch), t)
 
-        key = jax.random.fold_in(rng, batch_index)
-        out = samplers.sample(sharded_denoise, schedule, shape, key, **settings)
+        keys = samplers.image_keys(rng, batch_size, start=batch_index * batch_size)
+        keys = jax.lax.with_sharding_constraint(keys, batch)
+        out = samplers.sample(sharded_denoise, schedule, shape, keys, **settings)
         return out.samples, labels
 
     return Generator(jax.jit(fn, out_shardings=batch), batch_size)

@@ -6,6 +6,8 @@ value fails before anything is compiled, with a message that names the setting.
 
 from __future__ import annotations
 
+import math
+
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -79,9 +81,23 @@ def build_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfor
 
 
 def ema_decay(config: ml_collections.ConfigDict, step: jax.Array) -> jax.Array:
-    """EMA decay at update `step`; with `ema_warmup` early averages forget the random init."""
-    decay = jnp.float32(config.train.ema_decay)
-    if config.train.ema_warmup:
+    """EMA decay of update `step` (0-based: `step * batch_size` images seen before it).
+
+    By half-life (`ema_halflife_images > 0`, EDM's rule): `0.5 ** (batch / h)` with
+    `h = min(halflife, ema_rampup_ratio * images_seen)` (ratio 0: no ramp-up), so after N
+    images the initial parameters weigh `0.5 ** (N / halflife)` for any batch size. Otherwise
+    the fixed `ema_decay`, with `ema_warmup` capping it at `(1 + n) / (10 + n)`.
+    """
+    t = config.train
+    if t.ema_halflife_images > 0:
+        batch = float(t.batch_size)
+        halflife = jnp.float32(t.ema_halflife_images)
+        if t.ema_rampup_ratio > 0:
+            seen = jnp.asarray(step, jnp.float32) * batch
+            halflife = jnp.minimum(halflife, t.ema_rampup_ratio * seen)
+        return jnp.power(0.5, batch / jnp.maximum(halflife, 1e-8)).astype(jnp.float32)
+    decay = jnp.float32(t.ema_decay)
+    if t.ema_warmup:
         n = jnp.asarray(step, jnp.float32)
         decay = jnp.minimum(decay, (1.0 + n) / (10.0 + n))
     return decay
@@ -232,7 +248,22 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         ) from e
 
 
+def _non_finite(node, prefix: str = "") -> list[str]:
+    """`a.b=inf` for every float setting that is NaN or infinite (no setting means those)."""
+    out = []
+    for key, value in node.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, ml_collections.ConfigDict):
+            out += _non_finite(value, f"{name}.")
+        elif isinstance(value, float) and not math.isfinite(value):
+            out.append(f"config.{name}={value}")
+    return out
+
+
 def _validate(config: ml_collections.ConfigDict) -> None:
+    bad = _non_finite(config)
+    if bad:
+        raise UserError(f"{', '.join(bad)}: settings must be finite numbers.")
     _check(isinstance(config.seed, int), "seed", config.seed, "must be an integer")
 
     _one_of(config, "data.dataset", data.DATASETS)
@@ -253,10 +284,16 @@ def _validate(config: ml_collections.ConfigDict) -> None:
     _check(t.warmup_steps >= 0, "train.warmup_steps", t.warmup_steps, "must be >= 0")
     _check(t.grad_clip >= 0, "train.grad_clip", t.grad_clip, "must be >= 0 (0 = off)")
     _check(0 <= t.ema_decay < 1, "train.ema_decay", t.ema_decay, "must be in [0, 1)")
+    _check(
+        t.ema_halflife_images >= 0,
+        "train.ema_halflife_images",
+        t.ema_halflife_images,
+        "must be >= 0 (0 = use config.train.ema_decay)",
+    )
+    _check(t.ema_rampup_ratio >= 0, "train.ema_rampup_ratio", t.ema_rampup_ratio, "must be >= 0")
     _check(0 <= t.label_dropout < 1, "train.label_dropout", t.label_dropout, "must be in [0, 1)")
     _check(t.sample_every >= 0, "train.sample_every", t.sample_every, "must be >= 0 (0 = off)")
     _check(t.time_budget_s >= 0, "train.time_budget_s", t.time_budget_s, "must be >= 0 (0 = off)")
-    _check(t.best_metric != "", "train.best_metric", t.best_metric, "must name a metric")
     k = t.steps_per_call
     for name in ("num_steps", "log_every", "ckpt_every", "sample_every"):
         value = t[name]
@@ -280,12 +317,34 @@ def _validate(config: ml_collections.ConfigDict) -> None:
         "must be 0 (off) or >= 2",
     )
     fid_metrics = ("fid", "fid_tf", "fid_pytorch_fid")
+    periodic_fid = bool(every and f.num_samples)
     _check(
-        t.best_metric == "loss" or (t.best_metric in fid_metrics and every and f.num_samples),
+        t.best_metric in ("auto", "loss", "heldout_loss", *fid_metrics),
         "train.best_metric",
         t.best_metric,
-        f"must be 'loss', or one of {fid_metrics} with config.fid.every and "
-        "config.fid.num_samples > 0 (periodic FID)",
+        f"must be 'auto', 'loss', 'heldout_loss' or one of {fid_metrics}",
+    )
+    _check(
+        t.best_metric not in fid_metrics or periodic_fid,
+        "train.best_metric",
+        t.best_metric,
+        "needs periodic FID (config.fid.every and config.fid.num_samples > 0)",
+    )
+    _check(
+        t.best_metric != "heldout_loss" or t.heldout_examples > 0,
+        "train.best_metric",
+        t.best_metric,
+        "needs config.train.heldout_examples > 0",
+    )
+    for name in ("heldout_examples", "heldout_timesteps"):
+        value = t[name]
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        _check(ok, f"train.{name}", value, "must be an integer >= 0")
+    _check(
+        not t.heldout_examples or t.heldout_timesteps > 0,
+        "train.heldout_timesteps",
+        t.heldout_timesteps,
+        "must be > 0 when config.train.heldout_examples > 0",
     )
     n = shards or jax.process_count()
     _check(
@@ -320,6 +379,17 @@ def _validate(config: ml_collections.ConfigDict) -> None:
         )
 
     abstract_model(config)  # model settings: raises UserError naming what does not fit
+
+
+def best_metric(config: ml_collections.ConfigDict) -> str:
+    """The metric that picks `workdir/best`: `config.train.best_metric`, with "auto" meaning FID
+    when periodic FID is on, else the held-out loss when it is on, else the training loss."""
+    name = config.train.best_metric
+    if name != "auto":
+        return name
+    if config.fid.every and config.fid.num_samples:
+        return "fid"
+    return "heldout_loss" if config.train.heldout_examples else "loss"
 
 
 def sample_settings(config: ml_collections.ConfigDict, *, fast: bool = False) -> dict:

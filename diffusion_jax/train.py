@@ -40,6 +40,7 @@ from diffusion_jax import (
     data,
     diffusion,
     evaluate,
+    heldout,
     images,
     parallel,
     sampling,
@@ -49,7 +50,7 @@ from diffusion_jax import state as state_lib
 from diffusion_jax.errors import TrainingDivergedError, UserError
 from diffusion_jax.state import TrainState
 
-# evaluate_fn(step, ema_params) -> {metric: value} or None; `config.train.best_metric` among
+# evaluate_fn(step, ema_params) -> {metric: value} or None; `state.best_metric(config)` among
 # its metrics picks the checkpoint kept in workdir/best.
 EvaluateFn = Callable[[int, nnx.State], Mapping[str, float] | None]
 
@@ -236,12 +237,23 @@ def make_train_call(
 # The loop
 
 
+class TrainingStopped(Exception):
+    """SIGTERM / SIGINT arrived before the first train step: there was nothing new to save."""
+
+
 class StopRequest:
     """Turns SIGTERM / SIGINT into a flag the loop checks after each call (a second SIGINT
-    interrupts at once). Restores the previous handlers on exit."""
+    interrupts at once). Restores the previous handlers on exit.
+
+    Entered before anything is loaded: until `training` is set (the loop is about to run its
+    first step) a signal raises `TrainingStopped` at once, interrupting data loading, restoring
+    or building the evaluators; `note` says what is on disk.
+    """
 
     def __init__(self):
         self.reason: str | None = None
+        self.training = False
+        self.note = "no checkpoint was written"
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> StopRequest:
@@ -251,9 +263,16 @@ class StopRequest:
         return self
 
     def _handle(self, signum, frame) -> None:
+        name = signal.Signals(signum).name
+        if not self.training:
+            self.reason = name
+            raise TrainingStopped(
+                f"{name} received before training started (while loading, restoring or "
+                f"compiling): nothing new to save; {self.note}. Stopped."
+            )
         if self.reason is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        self.reason = signal.Signals(signum).name
+        self.reason = name
         logging.warning("%s received: finishing the current step, then saving.", self.reason)
 
     def __exit__(self, *exc) -> None:
@@ -302,8 +321,17 @@ def train_and_evaluate(
     workdir: str,
     *,
     evaluate_fn: EvaluateFn | None = None,
+    stop: StopRequest | None = None,
 ) -> TrainState:
-    """Train `config` in `workdir` (resuming its latest checkpoint) and return the final state."""
+    """Train `config` in `workdir` (resuming its latest checkpoint) and return the final state.
+
+    SIGTERM / SIGINT stop training after the current step with a checkpoint (`stop.reason`
+    says which signal); before the first step they raise `TrainingStopped`. Pass an entered
+    `stop` to see afterwards whether training was stopped.
+    """
+    if stop is None:
+        with StopRequest() as own:
+            return train_and_evaluate(config, workdir, evaluate_fn=evaluate_fn, stop=own)
     started = time.monotonic()
     state_lib.validate_config(config)
     t = config.train
@@ -327,11 +355,12 @@ def train_and_evaluate(
             saved = ckpts.read_meta(int(state.step))
             changed = checkpoint.config_differences(saved.get("config", {}), meta["config"])
             logging.info("Resuming from step %d in %s.", int(state.step), ckpts.latest_dir)
+            stop.note = f"the checkpoint of step {int(state.step)} in {ckpts.latest_dir} is intact"
             if changed:
                 logging.warning("Settings changed since the checkpoint: %s", "; ".join(changed))
         train_data = load_train_data(config, mesh)
         run = _Run(config, workdir, mesh, graphdef, ckpts, meta, is_main, started)
-        return _loop(run, state, train_data, evaluate_fn)
+        return _loop(run, state, train_data, evaluate_fn, stop)
     finally:
         ckpts.wait()
         ckpts.close()
@@ -352,7 +381,11 @@ class _Run:
 
 
 def _loop(
-    run: _Run, state: TrainState, train_data: TrainData, evaluate_fn: EvaluateFn | None
+    run: _Run,
+    state: TrainState,
+    train_data: TrainData,
+    evaluate_fn: EvaluateFn | None,
+    stop: StopRequest,
 ) -> TrainState:
     config, workdir, mesh, graphdef = run.config, run.workdir, run.mesh, run.graphdef
     ckpts, meta, is_main, started = run.ckpts, run.meta, run.is_main, run.started
@@ -368,9 +401,14 @@ def _loop(
             config, graphdef, schedule, mesh, batch_size=preview_batch, fast=True
         )
     preview_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), sampling.SAMPLE_STREAM)
+    heldout_loss = heldout.make_heldout_loss(config, mesh, graphdef, schedule)
+    best = state_lib.best_metric(config)
 
-    writer = writers.create_writer(workdir, is_main=is_main, tensorboard=t.tensorboard)
     step = int(state.step)
+    # A killed run may have logged past the checkpoint it resumes from: those records go.
+    writer = writers.create_writer(
+        workdir, is_main=is_main, tensorboard=t.tensorboard, resume_step=step
+    )
     bar = writers.progress_bar(t.num_steps, initial=step, enabled=is_main)
     pending: list[dict[str, jax.Array]] = []
     last_log_step, last_log_time = step, time.monotonic()
@@ -381,76 +419,76 @@ def _loop(
         train_call = train_call.lower(state, train_data).compile()
         parallel.barrier("train_call_compiled")
     try:
-        with StopRequest() as stop:
-            while step < t.num_steps:
-                state, metrics = train_call(state, train_data)
-                step += k
-                pending.append(metrics)
-                bar.update(k)
+        stop.training = True  # from here a signal finishes the current step and saves
+        while step < t.num_steps:
+            state, metrics = train_call(state, train_data)
+            step += k
+            pending.append(metrics)
+            bar.update(k)
 
-                reason = None
-                if not multi or step % t.log_every == 0:  # agreeing costs a collective
-                    over_budget = t.time_budget_s and time.monotonic() - started > t.time_budget_s
-                    budget = f"the time budget ({t.time_budget_s:g} s)" if over_budget else None
-                    reason = stop.reason or budget
-                    if multi:
-                        # Finish this step's collectives before starting another program's: on
-                        # CPU (gloo) two processes can otherwise pair them up differently and
-                        # deadlock.
-                        jax.block_until_ready(metrics)
-                        if parallel.any_process(reason is not None):
-                            reason = reason or "another process"
-                last = step >= t.num_steps or reason is not None
-                save = step % t.ckpt_every == 0 or last
+            reason = None
+            if not multi or step % t.log_every == 0:  # agreeing costs a collective
+                over_budget = t.time_budget_s and time.monotonic() - started > t.time_budget_s
+                budget = f"the time budget ({t.time_budget_s:g} s)" if over_budget else None
+                reason = stop.reason or budget
+                if multi:
+                    # Finish this step's collectives before starting another program's: on
+                    # CPU (gloo) two processes can otherwise pair them up differently and
+                    # deadlock.
+                    jax.block_until_ready(metrics)
+                    if parallel.any_process(reason is not None):
+                        reason = reason or "another process"
+            last = step >= t.num_steps or reason is not None
+            save = step % t.ckpt_every == 0 or last
 
-                if step % t.log_every == 0 or save:
-                    host = _fetch_metrics(pending)
-                    first = step - k * len(pending) + 1
-                    bad = ~np.isfinite(host["loss"]) | ~np.isfinite(host["grad_norm"])
-                    if bad.any():
-                        i = int(np.argmax(bad))
-                        raise _diverged(
-                            config, first + i, host["loss"][i], last_good, ckpts.latest_dir
-                        )
-                    pending = []
-                    now = time.monotonic()
-                    rate = (step - last_log_step) / max(now - last_log_time, 1e-9)
-                    last_log_step, last_log_time = step, now
-                    loss = float(host["loss"].mean())
-                    scalars = {
-                        "loss": loss,
-                        "grad_norm": float(host["grad_norm"][-1]),
-                        "lr": float(host["lr"][-1]),
-                        "steps_per_sec": rate,
-                        "examples_per_sec": rate * t.batch_size,
-                    }
-                    writer.write_scalars(step, scalars)
-                    bar.set_postfix_str(f"loss={loss:.4f}")
+            if step % t.log_every == 0 or save:
+                host = _fetch_metrics(pending)
+                first = step - k * len(pending) + 1
+                bad = ~np.isfinite(host["loss"]) | ~np.isfinite(host["grad_norm"])
+                if bad.any():
+                    i = int(np.argmax(bad))
+                    raise _diverged(config, first + i, host["loss"][i], last_good, ckpts.latest_dir)
+                pending = []
+                now = time.monotonic()
+                rate = (step - last_log_step) / max(now - last_log_time, 1e-9)
+                last_log_step, last_log_time = step, now
+                loss = float(host["loss"].mean())
+                scalars = {
+                    "loss": loss,
+                    "grad_norm": float(host["grad_norm"][-1]),
+                    "lr": float(host["lr"][-1]),
+                    "steps_per_sec": rate,
+                    "examples_per_sec": rate * t.batch_size,
+                }
+                if save and heldout_loss is not None:  # of the EMA, at every checkpoint
+                    scalars["heldout_loss"] = heldout_loss(state.ema_params)
+                writer.write_scalars(step, scalars)
+                bar.set_postfix_str(f"loss={loss:.4f}")
 
-                if preview is not None and step % t.sample_every == 0:
-                    grid, _ = sampling.generate_all(preview, state.ema_params, 64, preview_key)
-                    if is_main:
-                        _save_samples(workdir, step, grid, writer)
+            if preview is not None and step % t.sample_every == 0:
+                grid, _ = sampling.generate_all(preview, state.ema_params, 64, preview_key)
+                if is_main:
+                    _save_samples(workdir, step, grid, writer)
 
-                if evaluate_fn is not None and config.fid.every and step % config.fid.every == 0:
-                    results = evaluate_fn(step, state.ema_params) or {}
-                    if results:  # elapsed_s: wall time of this run so far (FID-vs-time plots)
-                        elapsed = {"elapsed_s": time.monotonic() - started}
-                        writer.write_scalars(step, {**results, **elapsed})
-                    if t.best_metric in results:
-                        ckpts.save_best(state, meta, t.best_metric, float(results[t.best_metric]))
+            if evaluate_fn is not None and config.fid.every and step % config.fid.every == 0:
+                results = evaluate_fn(step, state.ema_params) or {}
+                if results:  # elapsed_s: wall time of this run so far (FID-vs-time plots)
+                    elapsed = {"elapsed_s": time.monotonic() - started}
+                    writer.write_scalars(step, {**results, **elapsed})
+                if best in results:
+                    ckpts.save_best(state, meta, best, float(results[best]))
 
-                if save:
-                    ckpts.save(state, meta)
-                    last_good = step
-                    if t.best_metric == "loss":
-                        ckpts.save_best(state, meta, "loss", loss)
+            if save:
+                ckpts.save(state, meta)
+                last_good = step
+                if best in scalars:  # "loss" or "heldout_loss"
+                    ckpts.save_best(state, meta, best, float(scalars[best]))
 
-                if reason is not None:
-                    ckpts.wait()
-                    logging.warning("stopped by %s at step %d; checkpoint saved", reason, step)
-                    break
-            writer.flush()
+            if reason is not None:
+                ckpts.wait()
+                logging.warning("stopped by %s at step %d; checkpoint saved", reason, step)
+                break
+        writer.flush()
     finally:
         bar.close()
         writer.close()

@@ -1,18 +1,30 @@
-"""Where metrics go: log lines, TensorBoard (via CLU, when TF is there), metrics.jsonl, tqdm.
+"""Where metrics go: log lines, TensorBoard event files, `workdir/metrics.jsonl`, tqdm.
 
-`workdir/metrics.jsonl` (one `{"step": n, name: value, ...}` object per line) is always written
-by the main process, whatever else is available: it is what `images.loss_curve` plots and what
-scripts read. TensorBoard event files need TensorFlow and TensorBoard through CLU; where they are
-missing (the GPU machine has no TF) a TF-free writer logs instead, after a one-line warning.
-CLU and TensorFlow are imported inside functions only.
+The main process writes all three; other processes only log. `workdir/metrics.jsonl` (one
+`{"step": n, name: value, ...}` object per line, flushed per write) is always written: it is what
+`images.loss_curve` plots and what scripts read. TensorBoard event files (scalars, and images as
+PNG) are written with the `tensorboard` package's own protos and record writer, never TensorFlow
+or CLU, so they appear on machines without TF too; if `tensorboard` is not importable, a one-line
+warning says so and only log lines and metrics.jsonl are written.
+
+A resumed run passes `resume_step` (the checkpoint's step; 0 for a fresh start): the records past
+it, left by the killed run, are dropped from metrics.jsonl (rewritten atomically), and the new
+event file starts with a `SessionLog(START)` at `resume_step + 1`, which makes TensorBoard discard
+the dead branch's events from that step on, so no step shows twice.
+`tensorboard` and PIL are imported inside functions only.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import math
 import os
+import socket
+import tempfile
+import time
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -40,7 +52,7 @@ def quiet_library_logs() -> None:
 
 
 class MetricWriter(Protocol):
-    """The part of CLU's `MetricWriter` interface the workflows use."""
+    """What the workflows call on a writer (the shape of CLU's `MetricWriter`)."""
 
     def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None: ...
 
@@ -73,12 +85,74 @@ class LoggingWriter:
         pass
 
 
-class JsonlWriter:
-    """Appends scalars to `workdir/metrics.jsonl`, flushed per write so a crash loses nothing."""
+def truncate_metrics(path: str, resume_step: int) -> int:
+    """Drop the records with step > `resume_step`, and lines a crash cut short, from a
+    metrics.jsonl; returns how many lines were dropped.
 
-    def __init__(self, path: str):
+    The kept lines stay byte for byte and in order. The file is rewritten through a temporary
+    file in the same directory and `os.replace`, so a crash during the rewrite leaves either the
+    old or the new file, never a partial one.
+    """
+    if not os.path.exists(path):
+        return 0
+    with open(path, "rb") as f:
+        lines = f.read().split(b"\n")
+    cut_last = lines[-1] != b""  # no final newline: the last write may have been cut short
+    kept, dropped = [], 0
+    for line in lines:
+        if not line.strip():
+            continue
+        try:  # a line cut short by a crash is not valid JSON (its closing brace is missing)
+            keep = int(json.loads(line)["step"]) <= resume_step
+        except (ValueError, KeyError, TypeError):
+            keep = False
+        if keep:
+            kept.append(line + b"\n")
+        else:
+            dropped += 1
+    if not dropped and not cut_last:
+        return 0
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.writelines(kept)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, os.stat(path).st_mode & 0o7777)  # mkstemp made it owner-only
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+    return dropped
+
+
+class JsonlWriter:
+    """Appends scalars to `workdir/metrics.jsonl`, flushed per write so a crash loses nothing.
+
+    With `resume_step`, first drops what a killed run wrote past that step (`truncate_metrics`).
+    """
+
+    def __init__(self, path: str, *, resume_step: int | None = None):
         self.path = path
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        if resume_step is not None:
+            dropped = truncate_metrics(path, resume_step)
+            if dropped:
+                logging.info(
+                    "Dropped %d line(s) past step %d or cut short from %s (a killed run's).",
+                    dropped,
+                    resume_step,
+                    path,
+                )
+        elif os.path.exists(path) and os.path.getsize(path):
+            with open(path, "rb") as f:
+                f.seek(-1, os.SEEK_END)
+                ends_cut = f.read(1) != b"\n"
+            if ends_cut:  # start on a line of our own, not after a crash's partial line
+                with open(path, "a", encoding="utf-8") as f:
+                    f.write("\n")
         self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
 
     def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
@@ -97,6 +171,94 @@ class JsonlWriter:
 
     def close(self) -> None:
         self._file.close()
+
+
+_EVENTS_PREFIX = "events.out.tfevents."
+
+
+def _event_file_name(logdir: str) -> str:
+    """`events.out.tfevents.<seconds>.<host>.<pid>`, with a time stamp past every existing event
+    file's: TensorBoard reads a run's files in name order, and a resumed run must come last."""
+    stamp = int(time.time())
+    for name in os.listdir(logdir):
+        if name.startswith(_EVENTS_PREFIX):
+            with contextlib.suppress(ValueError, IndexError):
+                stamp = max(stamp, int(name[len(_EVENTS_PREFIX) :].split(".")[0]) + 1)
+    return f"{_EVENTS_PREFIX}{stamp:010d}.{socket.gethostname()}.{os.getpid()}"
+
+
+def _encode_png(image: np.ndarray) -> tuple[bytes, int, int, int]:
+    from PIL import Image
+
+    if image.dtype != np.uint8:  # floats in [0, 1], as tf.summary.image takes them
+        image = np.clip(np.rint(np.asarray(image, np.float64) * 255), 0, 255).astype(np.uint8)
+    h, w, c = image.shape
+    if c not in (1, 3, 4):
+        raise ValueError(f"images need 1, 3 or 4 channels, got shape {image.shape}")
+    buf = io.BytesIO()
+    Image.fromarray(image[..., 0] if c == 1 else image).save(buf, format="PNG")
+    return buf.getvalue(), h, w, c
+
+
+class TensorBoardWriter:
+    """TensorBoard event files without TensorFlow: the `tensorboard` package's protos and
+    TFRecord writer over a plain file, written synchronously and flushed per call.
+
+    Scalars are `simple_value`s (float32); an image is a PNG `Summary.Image` under its key, a
+    batch of N > 1 under `key/image/i` (TF1's naming). With `resume_step`, the file starts with
+    `SessionLog(START)` at `resume_step + 1`: TensorBoard's Python loader then drops earlier
+    files' events from that step on (its fast Rust loader drops a tag's points from the first step
+    the tag is written again). Raises ImportError when `tensorboard` is missing.
+    """
+
+    def __init__(self, logdir: str, *, resume_step: int | None = None):
+        from tensorboard.compat.proto import event_pb2, summary_pb2
+        from tensorboard.summary.writer.record_writer import RecordWriter
+
+        self._event_pb2, self._summary_pb2 = event_pb2, summary_pb2
+        os.makedirs(logdir, exist_ok=True)
+        self.path = os.path.join(logdir, _event_file_name(logdir))
+        self._records = RecordWriter(open(self.path, "wb"))  # noqa: SIM115 - closed in close()
+        self._add(event_pb2.Event(file_version="brain.Event:2"))
+        if resume_step is not None:
+            start = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
+            self._add(event_pb2.Event(step=int(resume_step) + 1, session_log=start))
+        self.flush()
+
+    def _add(self, event: Any) -> None:
+        event.wall_time = time.time()
+        self._records.write(event.SerializeToString())
+
+    def _add_summary(self, step: int, values: list[Any]) -> None:
+        summary = self._summary_pb2.Summary(value=values)
+        self._add(self._event_pb2.Event(step=int(step), summary=summary))
+        self.flush()
+
+    def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+        value = self._summary_pb2.Summary.Value
+        self._add_summary(step, [value(tag=k, simple_value=float(v)) for k, v in scalars.items()])
+
+    def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
+        pb = self._summary_pb2.Summary
+        values = []
+        for key, batch in images.items():
+            batch = np.asarray(batch)
+            batch = batch[None] if batch.ndim == 3 else batch
+            if batch.ndim != 4:
+                raise ValueError(f"image {key!r}: need [H,W,C] or [N,H,W,C], got {batch.shape}")
+            for i, image in enumerate(batch):
+                png, h, w, c = _encode_png(image)
+                tag = key if len(batch) == 1 else f"{key}/image/{i}"
+                picture = pb.Image(height=h, width=w, colorspace=c, encoded_image_string=png)
+                values.append(pb.Value(tag=tag, image=picture))
+        self._add_summary(step, values)
+
+    def flush(self) -> None:
+        self._records.flush()
+
+    def close(self) -> None:
+        if not self._records.closed:
+            self._records.close()
 
 
 class MultiWriter:
@@ -120,34 +282,29 @@ class MultiWriter:
             w.close()
 
 
-def _clu_writer(workdir: str) -> Any:
-    """CLU's default writer (log lines + TensorBoard events), with TF kept off the GPUs."""
-    import tensorflow as tf
+def create_writer(
+    workdir: str, *, is_main: bool, tensorboard: bool = True, resume_step: int | None = None
+) -> MetricWriter:
+    """The run's writer: process 0 logs, writes TensorBoard events into `workdir` (if the
+    `tensorboard` package is there) and `workdir/metrics.jsonl`; other processes only log.
 
-    tf.config.set_visible_devices([], "GPU")  # TF must not grab GPU memory JAX needs
-    from clu import metric_writers
-
-    return metric_writers.create_default_writer(workdir, asynchronous=False)
-
-
-def create_writer(workdir: str, *, is_main: bool, tensorboard: bool = True) -> MetricWriter:
-    """The run's writer: process 0 logs, writes TensorBoard (if possible) and metrics.jsonl;
-    other processes only log (CLU's `just_logging`)."""
+    `resume_step`: the step this run starts from (the restored checkpoint's; 0 when starting
+    from scratch). Records a killed earlier run wrote past it are dropped from metrics.jsonl and
+    hidden in TensorBoard, so every step appears once. None appends to whatever is there.
+    """
     if not is_main:
         return LoggingWriter()
-    writers: list[Any] = []
+    writers: list[Any] = [LoggingWriter()]
     if tensorboard:
         try:
-            writers.append(_clu_writer(workdir))
+            writers.append(TensorBoardWriter(workdir, resume_step=resume_step))
         except ImportError as e:
             logging.warning(
                 "No TensorBoard event files (%s); logging metrics and writing %s only.",
                 e,
                 METRICS_FILE,
             )
-    if not writers:
-        writers.append(LoggingWriter())
-    writers.append(JsonlWriter(os.path.join(workdir, METRICS_FILE)))
+    writers.append(JsonlWriter(os.path.join(workdir, METRICS_FILE), resume_step=resume_step))
     return MultiWriter(writers)
 
 

@@ -23,4 +23,4 @@ def test_recipes_keep_the_paper_configs_unchanged():
     assert paper.train.batch_size == 128 and paper.train.lr == 2e-4
     assert paper.model.dtype == "float32" and paper.train.ema_decay == 0.9999
     assert fast.model.to_dict() | {"dtype": "float32"} == paper.model.to_dict()
-    assert fast.train.time_budget_s > 0 and fast.train.ema_warmup
+    assert fast.train.time_budget_s > 0 and fast.train.ema_halflife_images > 0

@@ -178,7 +178,13 @@ def test_record_steps():
     out = jax.jit(lambda k: ddpm_sample(fn, s, shape, k, record_steps=(99, 50, 0)))(key)
     assert out.trajectory.shape == out.x0_predictions.shape == (3, *shape)
     np.testing.assert_array_equal(out.timesteps, [99, 50, 0])
-    x_T = jax.random.normal(jax.random.split(key)[0], shape)  # documented: chain starts here
+    # Documented: image b starts at normal(fold_in(fold_in(key, b), 0)).
+    x_T = jnp.stack(
+        [
+            jax.random.normal(jax.random.fold_in(jax.random.fold_in(key, b), 0), shape[1:])
+            for b in range(shape[0])
+        ]
+    )
     np.testing.assert_allclose(np.asarray(out.trajectory[0]), np.asarray(x_T))
     plain = ddpm_sample(fn, s, shape, key)
     assert plain.trajectory is None and plain.x0_predictions is None

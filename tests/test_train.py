@@ -127,3 +127,40 @@ def test_time_budget_stops_and_checkpoints(tiny_mnist_dir, tmp_path, caplog):
     assert ckpts.all_steps() == [1]
     ckpts.close()
     assert "stopped by the time budget" in caplog.text
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_sigterm_before_the_first_step_stops_at_once_and_keeps_the_checkpoint(
+    tiny_mnist_dir, tmp_path, monkeypatch, resume
+):
+    """A signal while data loads (or the state restores, or evaluators build) stops the run
+    right there with a message saying what is on disk; nothing is written or lost."""
+    import os
+    import signal
+
+    from train_utils import snapshot
+
+    config = tiny_config(tiny_mnist_dir, train__num_steps=4, train__ckpt_every=4)
+    if resume:
+        train.train_and_evaluate(config, str(tmp_path))
+        config.train.num_steps = 8
+    before = snapshot(tmp_path)
+    handler_before = signal.getsignal(signal.SIGTERM)
+    real_load = train.load_train_data
+    reached = []
+
+    def load_then_signal(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # delivered here, before loading finishes
+        reached.append("after the signal")  # not reached: the handler raises
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(train, "load_train_data", load_then_signal)
+    with pytest.raises(train.TrainingStopped, match="SIGTERM received before training") as e:
+        train.train_and_evaluate(config, str(tmp_path))
+    assert not reached
+    if resume:
+        assert "checkpoint of step 4" in str(e.value) and "intact" in str(e.value)
+    else:
+        assert "no checkpoint was written" in str(e.value)
+    assert snapshot(tmp_path) == before
+    assert signal.getsignal(signal.SIGTERM) is handler_before  # handlers restored

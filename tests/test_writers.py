@@ -1,0 +1,161 @@
+"""Metric writers: TensorBoard event files without TensorFlow, metrics.jsonl, and a resumed run
+that shows every step once.
+
+Event files are read back with TensorBoard's own `EventAccumulator`, in a subprocess with
+TensorFlow blocked: that is the reader a TF-free machine has, and it starts in under a second
+(with TF installed, the accumulator would import it: seconds).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from diffusion_jax import writers
+
+pytest.importorskip("tensorboard")
+
+_ROOT = str(Path(__file__).resolve().parents[1])
+
+_READ = """
+import json, sys
+sys.modules["tensorflow"] = None  # the TF-free reader, as on the GPU machines
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+acc = EventAccumulator(sys.argv[1], size_guidance={"scalars": 0, "images": 0},
+                       purge_orphaned_data=True).Reload()
+tags = acc.Tags()
+print(json.dumps({
+    "scalars": {t: [[e.step, e.value] for e in acc.Scalars(t)] for t in tags["scalars"]},
+    "images": {t: [[e.step, e.width, e.height] for e in acc.Images(t)] for t in tags["images"]},
+}))
+"""
+
+
+def _run_python(code: str, *args: str) -> str:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([_ROOT, os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def _read_events(logdir: Path) -> dict:
+    return json.loads(_run_python(_READ, str(logdir)).splitlines()[-1])
+
+
+def _steps(path: Path) -> list[int]:
+    return [json.loads(line)["step"] for line in path.read_text().splitlines()]
+
+
+def test_scalars_and_images_read_back_in_tensorboard(tmp_path) -> None:
+    w = writers.create_writer(str(tmp_path), is_main=True)
+    for step in (1, 2, 5):
+        w.write_scalars(step, {"loss": 1.0 / step, "lr": 2e-4})
+    w.write_images(5, {"samples": np.zeros((1, 10, 14, 3), np.uint8)})  # [1,H,W,C] as train does
+    w.write_images(5, {"gray": np.full((6, 8, 1), 200, np.uint8), "pair": np.ones((2, 4, 4, 3))})
+    w.close()
+
+    events = _read_events(tmp_path)
+    loss = events["scalars"]["loss"]
+    assert [s for s, _ in loss] == [1, 2, 5]
+    np.testing.assert_allclose([v for _, v in loss], [1.0, 0.5, 0.2], rtol=1e-6)  # float32
+    assert events["images"]["samples"] == [[5, 14, 10]]  # step, width, height
+    assert events["images"]["gray"] == [[5, 8, 6]]
+    assert events["images"]["pair/image/0"] == events["images"]["pair/image/1"] == [[5, 4, 4]]
+    assert _steps(tmp_path / writers.METRICS_FILE) == [1, 2, 5]
+
+
+def test_resume_shows_each_step_once(tmp_path) -> None:
+    w = writers.create_writer(str(tmp_path), is_main=True)
+    for step in range(1, 11):  # the run that is killed after step 10, checkpointed at 6
+        w.write_scalars(step, {"loss": float(step)})
+    w.write_images(10, {"samples": np.zeros((8, 8, 3), np.uint8)})
+    w.close()
+    with open(tmp_path / writers.METRICS_FILE, "a") as f:
+        f.write('{"step": 11, "lo')  # the kill came mid-write
+
+    w = writers.create_writer(str(tmp_path), is_main=True, resume_step=6)
+    for step in (7, 8):
+        w.write_scalars(step, {"loss": -float(step)})
+    w.close()
+
+    path = tmp_path / writers.METRICS_FILE
+    assert _steps(path) == list(range(1, 9))
+    assert [r["loss"] for r in writers.read_metrics(str(path))] == [1, 2, 3, 4, 5, 6, -7, -8]
+    events = _read_events(tmp_path)
+    assert events["scalars"]["loss"] == [[s, float(s)] for s in range(1, 7)] + [[7, -7], [8, -8]]
+    assert events["images"]["samples"] == []  # step 10 belonged to the dead branch
+
+
+def test_fresh_start_truncates_a_stale_file(tmp_path) -> None:
+    path = tmp_path / writers.METRICS_FILE
+    path.write_text('{"step": 3, "loss": 1}\n')
+    os.chmod(path, 0o644)
+    w = writers.create_writer(str(tmp_path), is_main=True, tensorboard=False, resume_step=0)
+    w.write_scalars(1, {"loss": 2.0})
+    w.close()
+    assert _steps(path) == [1]
+    assert os.stat(path).st_mode & 0o777 == 0o644  # the rewrite keeps the file's mode
+    assert not [p for p in os.listdir(tmp_path) if p != writers.METRICS_FILE]  # no temp file
+
+
+def test_truncate_metrics_keeps_lines_verbatim(tmp_path) -> None:
+    path = tmp_path / writers.METRICS_FILE
+    kept = '{"step": 1, "loss": 0.5}\n{"step": 2, "fid": "nan"}\n{"step": 2, "loss": 0.25}\n'
+    path.write_text(kept + 'garbage\n{"step": 3}\n{"step": 2, "loss": 9}')  # no final newline
+    assert writers.truncate_metrics(str(path), 2) == 2
+    assert path.read_text() == kept + '{"step": 2, "loss": 9}\n'  # a complete last line stays
+    assert writers.truncate_metrics(str(path), 2) == 0
+    assert writers.truncate_metrics(str(tmp_path / "missing.jsonl"), 2) == 0
+
+
+def test_appending_after_a_cut_line_starts_a_new_line(tmp_path) -> None:
+    path = tmp_path / writers.METRICS_FILE
+    path.write_text('{"step": 1}\n{"step": 2, "lo')
+    w = writers.create_writer(str(tmp_path), is_main=True, tensorboard=False)
+    w.write_scalars(3, {"loss": 1.0})
+    w.close()
+    assert [r["step"] for r in writers.read_metrics(str(path))] == [1, 3]
+
+
+def test_writes_events_with_tensorflow_blocked(tmp_path) -> None:
+    code = """
+import sys
+sys.modules["tensorflow"] = None  # `import tensorflow` now raises ImportError
+import numpy as np
+from diffusion_jax import writers
+w = writers.create_writer(sys.argv[1], is_main=True)
+w.write_scalars(3, {"loss": 0.5})
+w.write_images(3, {"samples": np.zeros((1, 6, 6, 1), np.uint8)})
+w.close()
+print(type(w.writers[1]).__name__)
+"""
+    assert _run_python(code, str(tmp_path)).split() == ["TensorBoardWriter"]
+    events = _read_events(tmp_path)
+    assert events["scalars"]["loss"] == [[3, 0.5]]
+    assert events["images"]["samples"] == [[3, 6, 6]]
+
+
+def test_without_tensorboard_falls_back_to_log_lines(tmp_path, monkeypatch, caplog) -> None:
+    monkeypatch.setitem(sys.modules, "tensorboard.compat.proto", None)
+    with caplog.at_level(logging.WARNING):
+        w = writers.create_writer(str(tmp_path), is_main=True)
+    w.write_scalars(1, {"loss": 1.0})
+    w.close()
+    assert "No TensorBoard event files" in caplog.text
+    assert os.listdir(tmp_path) == [writers.METRICS_FILE]
+
+
+def test_other_processes_only_log(tmp_path) -> None:
+    w = writers.create_writer(str(tmp_path), is_main=False, resume_step=0)
+    w.write_scalars(1, {"loss": 1.0})
+    w.close()
+    assert os.listdir(tmp_path) == []

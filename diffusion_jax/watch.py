@@ -3,13 +3,15 @@
 
 The watcher follows `workdir/checkpoints` and evaluates every new checkpoint once, oldest
 first: FID under the configured protocols (the `--mode=eval` record, `eval/fid_<step>.json`)
-plus the per-checkpoint metrics of `extra_metrics`, also written as scalars to
-`workdir/eval/metrics.jsonl` (and TensorBoard events in `workdir/eval/`).
+plus the per-checkpoint metrics of `extra_metrics` (the held-out loss, `heldout_loss`), also
+written as scalars to `workdir/eval/metrics.jsonl` (and TensorBoard events in `workdir/eval/`).
 
 - Only finalized checkpoints are seen: Orbax writes a step to a temporary folder and renames it
   on commit, and a fresh read-only manager lists committed steps only, so a checkpoint being
   written is never read. A step that training's `keep_checkpoints` deleted before it could be
-  read is skipped with a log line.
+  read is skipped with a log line; one that still exists but cannot be read after
+  `RESTORE_ATTEMPTS` tries (corrupt, or made with another model config) stops the watcher with
+  its `CheckpointError`.
 - A restarted watcher resumes: a step whose `eval/fid_<step>.json` exists is never evaluated
   again.
 - It stops when training has finished, i.e. the latest checkpoint's step is
@@ -37,7 +39,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from diffusion_jax import checkpoint, evaluate, parallel, writers
+from diffusion_jax import checkpoint, evaluate, heldout, parallel, writers
 from diffusion_jax import state as state_lib
 from diffusion_jax.errors import CheckpointError, UserError
 
@@ -54,8 +56,8 @@ def extra_metrics(
 ) -> dict[str, Metric]:
     """Per-checkpoint metrics besides FID, each stored in the record under its name (built once,
     before the first checkpoint). Adding a metric is one entry here."""
-    del config, mesh, graphdef, schedule
-    return {}
+    metrics = {"heldout_loss": heldout.make_heldout_loss(config, mesh, graphdef, schedule)}
+    return {name: fn for name, fn in metrics.items() if fn is not None}  # None: switched off
 
 
 def finalized_steps(workdir: str) -> list[int]:

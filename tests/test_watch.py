@@ -144,6 +144,10 @@ def test_watcher_beside_training(tmp_path, tiny_mnist_dir, fid_flags):
     record = json.loads(evaluate.record_path(str(workdir), 12).read_text())
     assert record["num_samples"] == 8 and record["fid"]["tf"] > 0
     assert record["image_indices"] == [0, 8] and record["sample_stream"] == evaluate.EVAL_STREAM
+    assert (
+        record["heldout_loss"] > 0 and record["metrics"]["heldout_loss"] == record["heldout_loss"]
+    )
+    assert all("heldout_loss" in r and "fid_tf" in r for r in scalars)
     assert "training finished" in text
     mtimes = {s: evaluate.record_path(str(workdir), s).stat().st_mtime_ns for s in done}
 

@@ -11,15 +11,25 @@ compared with the config's model; a checkpoint that differs or cannot be read ra
 `CheckpointError` and is never written to or deleted.
 
 Saves and restores are collective: every process calls them (Orbax coordinates who writes).
+
+A save that fails (a full disk, a read-only or vanished folder), in its synchronous part or in
+Orbax's background threads, raises one `CheckpointSaveError` naming the step, the reason and the
+last intact checkpoint (which a restart resumes from). The hundreds of tracebacks Orbax's threads
+and TensorStore's pending writes would print for it are dropped (`_quiet_orbax_failures`).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
 import os
-from collections.abc import Mapping
+import re
+import shutil
+import sys
+import traceback
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -27,7 +37,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 import diffusion_jax
-from diffusion_jax.errors import CheckpointError
+from diffusion_jax.errors import CheckpointError, CheckpointSaveError
 
 LATEST_DIR = "checkpoints"
 BEST_DIR = "best"
@@ -138,9 +148,13 @@ class Checkpoints:
         self.latest_dir = os.path.join(self.workdir, LATEST_DIR)
         self.best_dir = os.path.join(self.workdir, BEST_DIR)
         self._read_only = read_only
+        if not read_only:
+            _quiet_orbax_failures()
         self._latest = _manager(self.latest_dir, keep, read_only)
         self._best = _manager(self.best_dir, 1, read_only)
         self._best_seen: dict[str, float] = {}  # metric -> best value saved (see save_best)
+        self._pending: dict[str, int] = {}  # directory -> step of the last save started there
+        self._failure: CheckpointSaveError | None = None  # the first failed save, if any
 
     # ----------------------------------------------------------------- queries
 
@@ -171,7 +185,10 @@ class Checkpoints:
         step = int(state.step)
         if step in self.all_steps():
             return False
-        return self._latest.save(step, args=self._save_args(state, meta))
+        args = self._save_args(state, meta)
+        return self._guarded(
+            self._latest, self.latest_dir, step, lambda: self._latest.save(step, args=args)
+        )
 
     def save_best(self, state: Any, meta: Mapping[str, Any], metric: str, value: float) -> bool:
         """Save `state` as the best one if `value` of `metric` beats the current best.
@@ -189,7 +206,10 @@ class Checkpoints:
         if step in self.all_steps(best=True):
             return False
         self._best_seen[metric] = float(value)
-        return self._best.save(step, args=self._save_args(state, meta))
+        args = self._save_args(state, meta)
+        return self._guarded(
+            self._best, self.best_dir, step, lambda: self._best.save(step, args=args)
+        )
 
     @staticmethod
     def _save_args(state: Any, meta: Mapping[str, Any]) -> ocp.args.Composite:
@@ -197,15 +217,69 @@ class Checkpoints:
         return ocp.args.Composite(**items, meta=ocp.args.JsonSave(dict(meta)))
 
     def wait(self) -> None:
-        """Block until every async save is on disk."""
-        for manager in (self._latest, self._best):
+        """Block until every async save is on disk; raises `CheckpointSaveError` if one failed.
+
+        After a failure has been raised, later calls (cleanup in `finally` blocks) stay quiet.
+        """
+        for manager, directory in ((self._latest, self.latest_dir), (self._best, self.best_dir)):
             if manager:
-                manager.wait_until_finished()
+                self._guarded(manager, directory, None, manager.wait_until_finished)
 
     def close(self) -> None:
-        for manager in (self._latest, self._best):
+        for manager, directory in ((self._latest, self.latest_dir), (self._best, self.best_dir)):
             if manager:
-                manager.close()
+                self._guarded(manager, directory, None, manager.close)
+
+    def _guarded(
+        self, manager: ocp.CheckpointManager, directory: str, step: int | None, call: Callable
+    ) -> Any:
+        """Runs `call` (a save of `step`, a wait or a close); a failure becomes one
+        `CheckpointSaveError`, raised once: after it, calls only clean up and no save starts."""
+        if self._failure is not None:
+            if step is not None:
+                raise self._failure
+            try:
+                return call()
+            except Exception:  # noqa: BLE001 - the same failure again; already reported
+                return None
+        try:
+            result = call()
+        except Exception as e:  # noqa: BLE001 - Orbax/TensorStore raise ValueError, OSError, ...
+            pending = self._pending.get(directory)
+            failed = (
+                pending if pending is not None and pending not in _finalized(directory) else step
+            )
+            self._failure = self._save_error(directory, failed, e)
+            raise self._failure from e
+        if step is not None:
+            self._pending[directory] = step
+        return result
+
+    def _save_error(
+        self, directory: str, step: int | None, error: Exception
+    ) -> CheckpointSaveError:
+        reason, code = _os_reason(error)
+        intact = [s for s in _finalized(self.latest_dir) if s != step]
+        what = f"step {step}" if step is not None else "a checkpoint"
+        if intact:
+            last = (
+                f"The last intact checkpoint is step {max(intact)} in {self.latest_dir}; "
+                "a restart with the same command resumes from it."
+            )
+        else:
+            last = "No checkpoint was completed before it: a restart begins from scratch."
+        if code in (errno.ENOSPC, errno.EDQUOT):
+            free = _free_bytes(directory)
+            fix = "Free disk space" + (
+                f" ({free / 2**20:.0f} MiB free now)" if free is not None else ""
+            )
+            fix += " or point --workdir at a bigger disk, then restart."
+        else:
+            fix = "Fix the cause, then restart."
+        logging.debug("checkpoint save failure", exc_info=error)
+        return CheckpointSaveError(
+            f"Saving the checkpoint of {what} in {directory} failed ({reason}). {last} {fix}"
+        )
 
     # ----------------------------------------------------------------- restoring
 
@@ -295,10 +369,137 @@ class Checkpoints:
 
 
 def _unreadable(where: str, error: Exception) -> CheckpointError:
-    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     logging.debug("checkpoint read failure", exc_info=error)
     return CheckpointError(
-        f"The checkpoint in {where} cannot be read ({type(error).__name__}: {first_line[:300]}). "
+        f"The checkpoint in {where} cannot be read ({_first_reason(error)}). "
         "It may be corrupt or incomplete; it was left untouched. Move it away to resume from an "
         "earlier checkpoint, or pick another --workdir."
     )
+
+
+# TensorStore's messages: `STATUS: Error opening ...: Error reading ... file "PATH": reason
+# [source locations=...] [tensorstore_spec=...]`. Only the innermost reason and the file count.
+_STATUS = re.compile(r"^(?:[A-Z_]+: )+")
+_TRAILER = re.compile(r"\s*\[(?:source locations|os_error_code|tensorstore_spec).*$")
+_OS_CODE = re.compile(r"os_error_code='?(\d+)")
+_SEGMENT = re.compile(r": (?=[A-Z])")
+_QUOTED_PATH = re.compile(r'"(/[^"]+)"')
+
+
+def _first_reason(error: BaseException) -> str:
+    """One clean line: the innermost meaningful message of `error` and its causes, and the file
+    it concerns when the library names one."""
+    chain, seen = [], set()
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    for e in reversed(chain):  # the root cause says most
+        if isinstance(e, OSError) and e.strerror:
+            name = f": {e.filename}" if e.filename else ""
+            return f"{e.strerror}{name}"
+    text = next((str(e).strip() for e in chain if str(e).strip()), "")
+    if not text:
+        return type(error).__name__
+    line = _STATUS.sub("", _TRAILER.sub("", text.splitlines()[0])).strip()
+    segments = _SEGMENT.split(line)
+    reason = segments[-1]
+    paths = _QUOTED_PATH.findall(line)
+    if len(segments) > 1 and paths and paths[-1] not in reason:
+        reason += f" (file {paths[-1]})"
+    return reason[:400] + ("..." if len(reason) > 400 else "")
+
+
+def _os_reason(error: BaseException) -> tuple[str, int | None]:
+    """`(strerror, errno)` of the OSError behind a failed save (also when TensorStore wrapped it
+    in a ValueError's text), else `(first line, None)`."""
+    e: BaseException | None = error
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno:
+            return e.strerror or os.strerror(e.errno), e.errno
+        text = str(e)
+        match = _OS_CODE.search(text)
+        if match:
+            code = int(match.group(1))
+            return os.strerror(code), code
+        for code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO):
+            if os.strerror(code) in text:
+                return os.strerror(code), code
+        e = e.__cause__ or e.__context__
+    return _first_reason(error), None
+
+
+def _finalized(directory: str) -> list[int]:
+    """Steps whose save completed: Orbax renames `N.orbax-checkpoint-tmp*` to `N` at the end."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    return sorted(
+        int(n) for n in names if n.isdigit() and os.path.isdir(os.path.join(directory, n))
+    )
+
+
+def _free_bytes(directory: str) -> int | None:
+    path = directory
+    while path and not os.path.isdir(path):
+        path = os.path.dirname(path)
+    try:
+        return shutil.disk_usage(path or ".").free
+    except OSError:
+        return None
+
+
+class _DropOrbaxErrors(logging.Filter):
+    """Drops the ERROR records of a failed save (with tracebacks, one per Orbax thread, and
+    asyncio's "Task exception was never retrieved" for each pending write): the failure reaches
+    the caller as an exception, which becomes one message."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            return True
+        in_orbax = f"{os.sep}orbax{os.sep}"
+        if in_orbax in (record.pathname or ""):
+            return False
+        if record.name != "asyncio":
+            return True
+        message = record.getMessage()
+        frames = traceback.extract_tb(record.exc_info[2]) if record.exc_info else []
+        from_orbax = in_orbax in message or ".orbax-checkpoint-tmp" in message
+        return not (from_orbax or any(in_orbax in f.filename for f in frames))
+
+
+def _is_save_debris(unraisable: Any) -> bool:
+    """An exception nobody can catch, left by a failed async save: TensorStore completing a
+    write after its event loop closed, or a pending Orbax write coroutine at interpreter exit."""
+    exc = unraisable.exc_value
+    if isinstance(exc, RuntimeError) and "Event loop is closed" in str(exc):
+        return True
+    frames = traceback.extract_tb(unraisable.exc_traceback) if unraisable.exc_traceback else []
+    in_orbax = f"{os.sep}orbax{os.sep}"
+    return any(in_orbax in f.filename for f in frames) or in_orbax in repr(
+        getattr(unraisable.object, "cr_code", "")
+    )
+
+
+_quiet_installed = False
+
+
+def _quiet_orbax_failures() -> None:
+    """Installs (once per process) the filters that keep a failed save to one message."""
+    global _quiet_installed
+    if _quiet_installed:
+        return
+    _quiet_installed = True
+    for name in ("absl", "asyncio"):
+        logging.getLogger(name).addFilter(_DropOrbaxErrors())
+    previous = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        if not _is_save_debris(unraisable):
+            previous(unraisable)
+
+    sys.unraisablehook = hook

@@ -83,7 +83,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     # FID (diffusion_jax/evaluate.py): the standard TF Inception network, float64 statistics.
     c.fid = e = ml_collections.ConfigDict()
-    e.protocol = "tf"  # "tf" (DDPM paper, score_sde), "pytorch_fid", or "both"
+    e.protocol = "tf"  # "tf" (TTUR's TF1 pipeline; not score_sde's), "pytorch_fid", or "both"
     e.eval_samples = 50_000  # --mode=eval generates this many images
     e.num_samples = 0  # periodic FID during training on this many images; 0 = off
     e.every = 0  # periodic FID every this many steps; 0 = off

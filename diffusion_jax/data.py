@@ -194,7 +194,8 @@ def load_split(
     if not all(0 <= s < num_shards for s in shards):
         raise UserError(f"shards {shards} out of range for num_shards={num_shards}.")
 
-    source = _open_source(dataset, split, default_data_dir(data_dir))
+    data_dir = default_data_dir(data_dir)
+    builder, source = _open_source(dataset, split, data_dir)
     n = len(source)
     shard_size = n // num_shards
     if shard_size == 0:
@@ -208,7 +209,11 @@ def load_split(
         start = shard * shard_size
         for lo in range(0, shard_size, _READ_CHUNK):
             keys = list(range(start + lo, start + min(lo + _READ_CHUNK, shard_size)))
-            records = source.__getitems__(keys)
+            try:
+                records = source.__getitems__(keys)
+            except (RuntimeError, OSError) as e:  # "Corrupted Riegeli/records file: ..."
+                bar.close()
+                raise _corrupt(builder, dataset, split, data_dir, e) from e
             _decode_into(records, images[i, lo : lo + len(keys)], labels[i, lo : lo + len(keys)])
             bar.update(len(keys))
     bar.close()
@@ -217,8 +222,25 @@ def load_split(
     return Split(images=images, labels=labels, num_examples=n)
 
 
-def _open_source(dataset: str, split: str, data_dir: str) -> Any:
-    """The raw-bytes random-access source of a prepared split; never downloads."""
+def check_data_dir(
+    data_dir: str | os.PathLike, setting: str = "config.data.data_dir (or $TFDS_DATA_DIR)"
+) -> None:
+    """Raise `UserError` when `data_dir`, or a folder above it, is a file (not a folder)."""
+    path = Path(os.path.abspath(os.path.expanduser(os.fspath(data_dir))))
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            if not candidate.is_dir():
+                where = "is" if candidate == path else f"lies under {candidate}, which is"
+                raise UserError(
+                    f"The data dir {data_dir} {where} a file, not a folder; point {setting} "
+                    "at a folder."
+                )
+            return
+
+
+def _prepared_builder(dataset: str, data_dir: str) -> Any:
+    """The TFDS builder of a prepared, array_record `dataset` in `data_dir`; never downloads."""
+    check_data_dir(data_dir)
     tfds = _tfds()
     builder = tfds.builder(dataset, data_dir=data_dir)
     if not _is_prepared(builder):
@@ -233,11 +255,73 @@ def _open_source(dataset: str, split: str, data_dir: str) -> Any:
             "which only TensorFlow can read. Re-prepare it as array_record (add --overwrite):\n"
             + prepare_commands(dataset, data_dir)
         )
-    return builder.as_data_source(
-        split,
-        deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES,
-        file_format="array_record",
+    return builder
+
+
+def check_prepared(dataset: str, split: str = "train", data_dir: str | None = None) -> None:
+    """Fails fast (well under a second, nothing is read) unless `load_split(dataset, split,
+    data_dir=...)` can find its data: raises `DataNotFoundError` with the import commands, or
+    `UserError` for an unknown dataset/split or a `data_dir` that is a file."""
+    info = dataset_info(dataset)
+    if split not in info.split_sizes:
+        raise UserError(f"Unknown split {split!r} for {dataset}; choose one of {SPLITS}.")
+    data_dir = default_data_dir(data_dir)
+    builder = _prepared_builder(dataset, data_dir)
+    if split not in builder.info.splits:
+        raise DataNotFoundError(
+            f"{dataset} in {builder.data_path} has no {split!r} split. Re-import it "
+            "(add --overwrite):\n" + prepare_commands(dataset, data_dir)
+        )
+
+
+def check_labels(split: Split, num_classes: int, dataset: str = "the dataset") -> None:
+    """Raise `UserError` unless every label of `split` is a class of a `num_classes`-class
+    model (`config.model.num_classes`; 0 = unconditional, labels unused, nothing to check).
+
+    A label >= num_classes would index past the class embedding (NaN from the first step).
+    """
+    if not num_classes or split.labels.size == 0:
+        return
+    low, high = int(split.labels.min()), int(split.labels.max())
+    if low < 0 or high >= num_classes:
+        raise UserError(
+            f"{dataset} labels go from {low} up to {high} but config.model.num_classes="
+            f"{num_classes}: a conditional model needs a class for every label. Set "
+            f"config.model.num_classes={high + 1} (or 0 for an unconditional model)."
+        )
+
+
+def _split_files(builder: Any, split: str) -> str:
+    """The split's array_record files, for messages."""
+    files = sorted(Path(builder.data_path).glob(f"{builder.name}-{split}.array_record*"))
+    if len(files) == 1:
+        return str(files[0])
+    pattern = Path(builder.data_path) / f"{builder.name}-{split}.array_record-*"
+    return f"one of the {len(files)} files {pattern}"
+
+
+def _corrupt(builder: Any, dataset: str, split: str, data_dir: str, error: Exception) -> UserError:
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+    return UserError(
+        f"The {dataset}/{split} data is corrupt or truncated: {_split_files(builder, split)} "
+        f"cannot be read ({reason}). Re-run the import with --overwrite:\n"
+        + prepare_commands(dataset, data_dir)
     )
+
+
+def _open_source(dataset: str, split: str, data_dir: str) -> tuple[Any, Any]:
+    """The builder and raw-bytes random-access source of a prepared split; never downloads."""
+    tfds = _tfds()
+    builder = _prepared_builder(dataset, data_dir)
+    try:
+        source = builder.as_data_source(
+            split,
+            deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES,
+            file_format="array_record",
+        )
+    except (RuntimeError, OSError) as e:  # array_record/Riegeli report damage as RuntimeError
+        raise _corrupt(builder, dataset, split, data_dir, e) from e
+    return builder, source
 
 
 def _decode_into(records: Sequence[bytes], images: np.ndarray, labels: np.ndarray) -> None:
@@ -308,7 +392,11 @@ def import_arrays(
     target = Path(data_dir) / dataset / str(base.VERSION)
     if (target / "dataset_info.json").exists() and not overwrite:
         raise UserError(f"{target} already exists; pass --overwrite to replace it.")
-    Path(data_dir).mkdir(parents=True, exist_ok=True)
+    check_data_dir(data_dir, "--data_dir (or $TFDS_DATA_DIR)")
+    try:
+        Path(data_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"Cannot create the data dir {data_dir}: {e.strerror or e}.") from e
     with tempfile.TemporaryDirectory(dir=data_dir, prefix=f".import-{dataset}-") as tmp:
         builder = Importer(data_dir=tmp, file_format="array_record")
         builder.download_and_prepare(download_dir=os.path.join(tmp, "downloads"))
@@ -371,6 +459,13 @@ def read_npz(path: str | os.PathLike) -> dict[str, tuple[np.ndarray, np.ndarray]
     if not os.path.isfile(path):
         raise UserError(f"--npz: no such file {path}.")
     keys = ("x_train", "y_train", "x_test", "y_test")
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if not magic.startswith((b"PK\x03\x04", b"PK\x05\x06", b"\x93NUMPY")):
+        raise UserError(
+            f"{path} is not an .npz file (it starts with {magic!r}; an .npz is a zip archive, "
+            f"as written by numpy.savez); expected one with the Keras keys {list(keys)}."
+        )
     try:
         npz = np.load(path, allow_pickle=False)
         if not isinstance(npz, np.lib.npyio.NpzFile):
@@ -471,6 +566,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         dataset_info(args.dataset)
         data_dir = default_data_dir(args.data_dir)
+        check_data_dir(data_dir, "--data_dir (or $TFDS_DATA_DIR)")
         if not args.overwrite and _is_prepared(_tfds().builder(args.dataset, data_dir=data_dir)):
             print(
                 f"{args.dataset} is already prepared in {data_dir}; nothing to do "

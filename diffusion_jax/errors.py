@@ -3,7 +3,8 @@
 Anything a user can fix (a bad config value, missing data, a wrong file) raises a
 `UserError` whose message says what to do. `diffusion_jax.main` prints the message
 and exits non-zero instead of dumping a traceback. Library code (model, diffusion,
-samplers) raises plain `ValueError`, which `main` treats the same way.
+samplers) raises plain `ValueError` for bad arguments; `state.validate_config` turns the ones a
+config can reach into `UserError`s, and `main` keeps the traceback of anything else (a bug).
 """
 
 
@@ -17,6 +18,10 @@ class DataNotFoundError(UserError):
 
 class CheckpointError(UserError):
     """A checkpoint directory is corrupt or does not match the config."""
+
+
+class CheckpointSaveError(CheckpointError):
+    """Writing a checkpoint failed (e.g. the disk is full); earlier checkpoints are intact."""
 
 
 class TrainingDivergedError(UserError):

@@ -6,8 +6,14 @@
     --coordinator_address, --num_processes, --process_id   multi-process runs (launch/)
 
 This module only parses flags, validates, and dispatches to a mode's function. Mistakes a user
-can fix (`UserError`, `ValueError`, a bad flag or config file) become one logged message and
-exit code 2 (3 when training diverged), never a traceback.
+can fix (`UserError`, a bad flag or config file) become one logged message and exit code 2 (3
+when training diverged), never a traceback; anything else (a bug, a `ValueError` from JAX or the
+library core) keeps its traceback and exits 1. Before anything is built or created, the workdir
+and, for the modes that read it, the dataset are checked (seconds, not a model build).
+
+JAX's persistent compilation cache is on by default: `$XDG_CACHE_HOME/diffusion_jax/jax_cache`
+(`~/.cache/...`), or `DJAX_COMPILATION_CACHE=DIR`; `DJAX_COMPILATION_CACHE=off` turns it off. A
+`JAX_COMPILATION_CACHE_DIR` (or `JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS`) set by the user wins.
 """
 
 from __future__ import annotations
@@ -15,21 +21,28 @@ from __future__ import annotations
 import ast
 import contextlib
 import dataclasses
+import os
 import sys
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Mapping
+from pathlib import Path
 
 import jax
 import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from diffusion_jax import evaluate, parallel, sampling, train, watch, writers
+from diffusion_jax import data, evaluate, parallel, sampling, train, watch, writers
 from diffusion_jax import state as state_lib
 from diffusion_jax.errors import TrainingDivergedError, UserError
 
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
 EXIT_PEER_FAILED = 4
+
+CACHE_ENV = "DJAX_COMPILATION_CACHE"
+CACHE_OFF = ("off", "0", "false", "no", "none")
+CACHE_MIN_COMPILE_TIME_S = 1.0  # programs that compile faster are not worth a cache entry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +77,7 @@ def _eval_watch(config: ml_collections.ConfigDict, args: RunArgs) -> None:
     watch.run_watch(config, args.workdir, timeout_s=FLAGS.watch_timeout)
 
 
+TRAIN_MODES = ("train", "train_and_eval")
 MODES: dict[str, Callable[[ml_collections.ConfigDict, RunArgs], object]] = {
     "train": _train,
     "sample": _sample,
@@ -97,6 +111,36 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
+def compilation_cache_dir(environ: Mapping[str, str] = os.environ) -> str | None:
+    """`$DJAX_COMPILATION_CACHE` (None when "off"), else `$XDG_CACHE_HOME/diffusion_jax/jax_cache`
+    (default `~/.cache/diffusion_jax/jax_cache`)."""
+    value = environ.get(CACHE_ENV, "").strip()
+    if value.lower() in CACHE_OFF:
+        return None
+    if value:
+        return os.path.expanduser(value)
+    base = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "diffusion_jax", "jax_cache")
+
+
+def configure_compilation_cache(environ: Mapping[str, str] = os.environ) -> str | None:
+    """Turns on JAX's persistent compilation cache; returns the folder in use (None: off).
+
+    A cache folder the user already chose (`JAX_COMPILATION_CACHE_DIR`, or set in jax.config)
+    is kept as it is, and so is a user's `JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS`.
+    """
+    chosen = environ.get("JAX_COMPILATION_CACHE_DIR") or jax.config.jax_compilation_cache_dir
+    if chosen:
+        return chosen
+    directory = compilation_cache_dir(environ)
+    if directory is None:
+        return None
+    jax.config.update("jax_compilation_cache_dir", directory)
+    if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in environ:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", CACHE_MIN_COMPILE_TIME_S)
+    return directory
+
+
 def _load_config() -> ml_collections.ConfigDict:
     """The --config file's config; a file that is missing or fails to load is a UserError."""
     config = _CONFIG.value
@@ -109,6 +153,44 @@ def _load_config() -> ml_collections.ConfigDict:
     return config
 
 
+def check_workdir(workdir: str) -> None:
+    """Raise `UserError` when `workdir`, or a folder above it, is a file (before creating it)."""
+    path = Path(os.path.abspath(workdir))
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            if not candidate.is_dir():
+                where = "is" if candidate == path else f"lies under {candidate}, which is"
+                raise UserError(f"--workdir={workdir} {where} a file, not a folder.")
+            return
+
+
+def _reference_missing(config: ml_collections.ConfigDict) -> bool:
+    """True when some protocol has no reference statistics file yet (eval would then read the
+    data). Any network's file counts: the network is only known once its weights are loaded."""
+    for protocol in evaluate.protocols_of(config):
+        pattern = evaluate.reference_path(config, protocol, "*")  # "*" in place of the checksum
+        if not any(pattern.parent.glob(pattern.name)):
+            return True
+    return False
+
+
+def check_data(config: ml_collections.ConfigDict, mode: str) -> None:
+    """Fail in seconds when a mode would read a split that is not prepared (see `data`).
+
+    A config without the fields is left to `validate_config`, which names what is missing.
+    """
+    try:
+        d = config.data
+        splits = {"train"} if mode in ("train", "train_and_eval") else set()
+        if mode == "fid_stats" or (mode == "eval" and _reference_missing(config)):
+            splits.add(config.fid.ref_split)
+        dataset, data_dir = d.dataset, d.data_dir
+    except (AttributeError, KeyError):
+        return
+    for split in sorted(splits):
+        data.check_prepared(dataset, split, data_dir)
+
+
 def run(argv: list[str]) -> int:
     """Validate and dispatch; returns the process exit code."""
     writers.quiet_library_logs()
@@ -116,7 +198,19 @@ def run(argv: list[str]) -> int:
         return _fail(
             f"Unexpected arguments {argv[1:]}; flags are written --name=value.", EXIT_USER_ERROR
         )
+    # Signals before a mode has anything to save stop at once with a message (train modes
+    # replace this handler with theirs, which saves, once training runs).
+    stop = train.StopRequest(
+        when=f"during --mode={FLAGS.mode}",
+        note="nothing was saved by this run and nothing half-written was left",
+    )
+    with stop:
+        return _run_mode()
+
+
+def _run_mode() -> int:
     try:
+        configure_compilation_cache()
         spec = parallel.spec_from_env(
             FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
         )
@@ -124,11 +218,18 @@ def run(argv: list[str]) -> int:
         config = _load_config()
         if not FLAGS.workdir:
             raise UserError("--workdir is required: the run's directory (checkpoints, metrics).")
+        check_workdir(FLAGS.workdir)
+        check_data(config, FLAGS.mode)
         state_lib.validate_config(config)
         MODES[FLAGS.mode](config, RunArgs(FLAGS.workdir, FLAGS.checkpoint))
+    except train.TrainingStopped as e:
+        logging.warning("%s", e)
+        # A stopped training run is a clean stop (as one stopped after saving); another mode
+        # stopped by a signal did not do its job: the shell's code for that signal.
+        return 0 if FLAGS.mode in TRAIN_MODES else 128 + e.signum
     except TrainingDivergedError as e:
         return _fail(str(e), EXIT_DIVERGED)
-    except (UserError, ValueError) as e:
+    except UserError as e:
         return _fail(str(e), EXIT_USER_ERROR)
     except jax.errors.JaxRuntimeError as e:
         if jax.process_count() == 1:
@@ -143,12 +244,60 @@ def run(argv: list[str]) -> int:
     return 0
 
 
+def _config_file(argv: list[str]) -> str | None:
+    """The value of --config in `argv` (without config_flags' optional `:argument`)."""
+    value = None
+    for i, arg in enumerate(argv):
+        if arg.startswith(("--config=", "-config=")):
+            value = arg.split("=", 1)[1]
+        elif arg in ("--config", "-config") and i + 1 < len(argv):
+            value = argv[i + 1]
+    if value and not os.path.exists(value) and ":" in value:
+        value = value.split(":", 1)[0]
+    return value
+
+
+def _same_file(a: str | None, b: str | None) -> bool:
+    return bool(a and b) and os.path.abspath(a) == os.path.abspath(b)
+
+
+def config_file_error(e: BaseException, config_file: str | None) -> str | None:
+    """The message for an exception raised while loading the config file; None if it is not
+    about the file (an override of an unknown field, a bad flag)."""
+    if not config_file:
+        return None
+    if isinstance(e, AttributeError) and getattr(e, "name", None) == "get_config":
+        return (
+            f"the config file {config_file} has no get_config() function; a config file "
+            "defines get_config() returning the ConfigDict (see configs/tiny.py)."
+        )
+    frames = traceback.extract_tb(e.__traceback__)
+    in_file = any(_same_file(f.filename, config_file) for f in frames)
+    if isinstance(e, SyntaxError) and e.filename:
+        in_file = True
+        where = f"{e.filename}, line {e.lineno}"
+    else:
+        where = next(
+            (f"{f.filename}, line {f.lineno}" for f in reversed(frames)
+             if not f.filename.startswith("<") and "site-packages" not in f.filename),
+            None,
+        )  # fmt: skip
+    if not in_file:
+        return None
+    detail = (e.msg if isinstance(e, SyntaxError) else str(e)).replace("\n", " ")
+    at = f" ({where})" if where else ""
+    return f"the config file {config_file} failed to load: {type(e).__name__}: {detail}{at}"
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing, with a bad flag or config file reported in one line (exit 2)."""
     try:
         return FLAGS(argv)
     except Exception as e:  # noqa: BLE001 - flags.Error, or whatever the config file raised
-        if isinstance(e, (AttributeError, KeyError)):  # an override of a field that isn't there
+        about_file = config_file_error(e, _config_file(argv))
+        if about_file:
+            print(f"error: {about_file}", file=sys.stderr)
+        elif isinstance(e, (AttributeError, KeyError)):  # an override of a field that isn't there
             detail = str(e.args[0] if e.args else e)
             with contextlib.suppress(ValueError, SyntaxError):  # ml_collections nests reprs
                 detail = str(ast.literal_eval(detail))

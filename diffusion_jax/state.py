@@ -264,7 +264,12 @@ def _validate(config: ml_collections.ConfigDict) -> None:
     bad = _non_finite(config)
     if bad:
         raise UserError(f"{', '.join(bad)}: settings must be finite numbers.")
-    _check(isinstance(config.seed, int), "seed", config.seed, "must be an integer")
+    seed = config.seed
+    ok = isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**63
+    _check(ok, "seed", seed, "must be an integer in [0, 2**63)")
+    emb = config.model.time_emb_dim
+    ok = emb is None or (isinstance(emb, int) and not isinstance(emb, bool) and emb > 0)
+    _check(ok, "model.time_emb_dim", emb, "must be a positive integer or None (4 * ch)")
 
     _one_of(config, "data.dataset", data.DATASETS)
     _positive_int(config, "data.image_size")

@@ -91,6 +91,8 @@ def load_train_data(config: ml_collections.ConfigDict, mesh: Mesh) -> TrainData:
         num_shards=n,
         progress=parallel.is_main_process(),
     )
+    # Labels past num_classes would index the label table out of range: NaN from step 1.
+    data.check_labels(split, config.model.num_classes, config.data.dataset)
     per_shard = config.train.batch_size // n
     if split.images.shape[1] < per_shard:
         raise UserError(
@@ -238,7 +240,12 @@ def make_train_call(
 
 
 class TrainingStopped(Exception):
-    """SIGTERM / SIGINT arrived before the first train step: there was nothing new to save."""
+    """SIGTERM / SIGINT arrived before the first train step (or, for the CLI, during a mode
+    that has nothing to save); `signum` is the signal."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
 
 
 class StopRequest:
@@ -247,13 +254,17 @@ class StopRequest:
 
     Entered before anything is loaded: until `training` is set (the loop is about to run its
     first step) a signal raises `TrainingStopped` at once, interrupting data loading, restoring
-    or building the evaluators; `note` says what is on disk.
+    or building the evaluators; the message is `SIGNAL received <when>; <note>. Stopped.`
     """
 
-    def __init__(self):
+    def __init__(
+        self,
+        when: str = "before training started (while loading, restoring or compiling)",
+        note: str = "nothing was saved: no checkpoint was written",
+    ):
         self.reason: str | None = None
         self.training = False
-        self.note = "no checkpoint was written"
+        self.when, self.note = when, note
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> StopRequest:
@@ -266,10 +277,7 @@ class StopRequest:
         name = signal.Signals(signum).name
         if not self.training:
             self.reason = name
-            raise TrainingStopped(
-                f"{name} received before training started (while loading, restoring or "
-                f"compiling): nothing new to save; {self.note}. Stopped."
-            )
+            raise TrainingStopped(f"{name} received {self.when}; {self.note}. Stopped.", signum)
         if self.reason is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.reason = name
@@ -355,7 +363,10 @@ def train_and_evaluate(
             saved = ckpts.read_meta(int(state.step))
             changed = checkpoint.config_differences(saved.get("config", {}), meta["config"])
             logging.info("Resuming from step %d in %s.", int(state.step), ckpts.latest_dir)
-            stop.note = f"the checkpoint of step {int(state.step)} in {ckpts.latest_dir} is intact"
+            stop.note = (
+                f"nothing new to save: the checkpoint of step {int(state.step)} in "
+                f"{ckpts.latest_dir} is intact"
+            )
             if changed:
                 logging.warning("Settings changed since the checkpoint: %s", "; ".join(changed))
         train_data = load_train_data(config, mesh)

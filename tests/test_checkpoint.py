@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -10,7 +13,7 @@ from train_utils import assert_trees_equal, compilation_cache, snapshot, tiny_co
 
 from diffusion_jax import checkpoint, parallel, train
 from diffusion_jax import state as state_lib
-from diffusion_jax.errors import CheckpointError
+from diffusion_jax.errors import CheckpointError, CheckpointSaveError
 
 
 @pytest.fixture(scope="module")
@@ -112,3 +115,86 @@ def test_missing_step_and_empty_workdir_say_so(trained, tmp_path):
     with pytest.raises(CheckpointError, match="train first"):
         empty.restore_ema(abstract.ema_params, meta)
     assert not (tmp_path / "nothing").exists()  # read-only creates nothing
+
+
+def test_corrupt_checkpoint_message_is_one_clean_line(trained, tmp_path):
+    config, workdir, _ = trained
+    run = _copy(workdir, tmp_path)
+    for f in (run / "checkpoints" / "6" / "params").rglob("d/*"):
+        f.write_bytes(b"garbage" * 100)
+    abstract, meta = _abstract(config)
+    ckpts = checkpoint.Checkpoints(str(run), read_only=True)
+    with pytest.raises(CheckpointError) as error:
+        ckpts.restore(abstract, meta)
+    ckpts.close()
+    message = str(error.value)
+    assert "\n" not in message and "cannot be read (" in message, message
+    for noise in ("source locations", "RESOURCE_EXHAUSTED", "DATA_LOSS", "FAILED_PRECONDITION"):
+        assert noise not in message, message
+
+
+def _full_disk(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_failed_async_save_is_one_message_and_keeps_the_last_checkpoint(
+    trained, tmp_path, monkeypatch, caplog
+):
+    """A full disk in Orbax's background write: one CheckpointSaveError naming the step, the
+    reason and the intact checkpoint; no Orbax error records; step 6 still restores."""
+    from orbax.checkpoint._src.serialization import serialization  # what writes every array
+
+    config, workdir, state = trained
+    run = _copy(workdir, tmp_path)
+    ckpts = checkpoint.Checkpoints(str(run), keep=2)
+    meta = checkpoint.make_meta(config, state.params)
+
+    async def no_space(*args, **kwargs):
+        _full_disk()
+
+    monkeypatch.setattr(serialization, "async_serialize_from_host", no_space)
+    with pytest.raises(CheckpointSaveError) as error:
+        ckpts.save(state.replace(step=state.step + 2), meta)
+        ckpts.wait()
+    ckpts.wait()  # cleanup after a reported failure stays quiet
+    ckpts.close()
+    message = str(error.value)
+    assert "checkpoint of step 8" in message and "No space left on device" in message, message
+    assert f"last intact checkpoint is step 6 in {run / 'checkpoints'}" in message, message
+    assert "Free disk space" in message and "\n" not in message
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR and "orbax" in r.pathname]
+
+    monkeypatch.undo()
+    abstract, expected = _abstract(config)
+    reader = checkpoint.Checkpoints(str(run), read_only=True)
+    assert reader.all_steps() == [4, 6]
+    assert_trees_equal(reader.restore(abstract, expected), state)
+    reader.close()
+
+
+def test_failed_sync_save_names_the_step(trained, tmp_path, monkeypatch):
+    config, workdir, state = trained
+    ckpts = checkpoint.Checkpoints(str(_copy(workdir, tmp_path)), keep=2)
+    monkeypatch.setattr(ckpts._latest, "save", _full_disk)
+    with pytest.raises(CheckpointSaveError, match="step 8 .*No space left on device.*step 6"):
+        ckpts.save(state.replace(step=state.step + 2), checkpoint.make_meta(config, state.params))
+    with pytest.raises(CheckpointSaveError):  # no further save starts after a failure
+        ckpts.save(state.replace(step=state.step + 4), checkpoint.make_meta(config, state.params))
+    ckpts.close()
+
+
+def test_first_reason_strips_library_noise():
+    inner = ValueError(
+        'DATA_LOSS: Error reading "params/x" in OCDBT database: bad magic '
+        "[source locations='tensorstore/kvstore/ocdbt/format/btree.cc:123']\nmore detail"
+    )
+    assert checkpoint._first_reason(inner) == (
+        'Error reading "params/x" in OCDBT database: bad magic'
+    )
+    try:
+        try:
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", "/x/_METADATA")
+        except OSError as e:
+            raise RuntimeError("Orbax wrapper\nwith lines") from e
+    except RuntimeError as outer:
+        assert checkpoint._first_reason(outer) == "No such file or directory: /x/_METADATA"

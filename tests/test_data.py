@@ -136,7 +136,11 @@ def test_each_process_reads_only_its_shards(tiny_mnist_dir, monkeypatch):
             requested.extend(keys)
             return self.source.__getitems__(keys)
 
-    monkeypatch.setattr(data, "_open_source", lambda *a: Recording(open_source(*a)))
+    def recording_source(*args):
+        builder, source = open_source(*args)
+        return builder, Recording(source)
+
+    monkeypatch.setattr(data, "_open_source", recording_source)
     data.load_split("mnist", data_dir=tiny_mnist_dir, shards=(1, 3), num_shards=4, progress=False)
     assert requested == list(range(128, 256)) + list(range(384, 512))
 

@@ -40,8 +40,8 @@ def _assert_clean_failure(result, code: int, *needles: str) -> None:
         ("--config.train.steps_per_call=3", "must be a multiple of config.train.steps_per_call=3"),
     ],
 )
-def test_bad_config_value_is_one_clear_message(tmp_path, override, needle):
-    result = run_main(*flags_for(str(tmp_path)), override, f"--workdir={tmp_path / 'w'}")
+def test_bad_config_value_is_one_clear_message(tiny_mnist_dir, tmp_path, override, needle):
+    result = run_main(*flags_for(tiny_mnist_dir), override, f"--workdir={tmp_path / 'w'}")
     _assert_clean_failure(result, 2, needle)
     assert not (tmp_path / "w").exists()
 
@@ -56,6 +56,7 @@ def test_missing_config_file_and_unknown_field(tmp_path):
 def test_missing_data_says_how_to_prepare_it(tmp_path):
     result = run_main(*flags_for(str(tmp_path / "empty")), f"--workdir={tmp_path / 'w'}")
     _assert_clean_failure(result, 2, "mnist is not prepared in", "python -m diffusion_jax.data")
+    assert not (tmp_path / "w").exists()  # found before the workdir (or the model) is made
 
 
 def test_modes_dispatch_and_errors_map_to_exit_codes(monkeypatch):
@@ -133,3 +134,31 @@ def test_divergence_exits_3_and_keeps_the_last_good_checkpoint(tiny_mnist_dir, t
         result, 3, "Training diverged", "last good checkpoint is step 4", "lower config.train.lr"
     )
     assert snapshot(workdir / "checkpoints") == before
+
+
+def test_a_signal_before_anything_is_saved_stops_with_a_message(monkeypatch, tmp_path, caplog):
+    """SIGTERM while a mode sets up (validation, compiling, loading) is one message, not a
+    silent 143: exit 0 for the train modes (a clean stop), 128 + 15 for the others."""
+    import os
+    import signal
+
+    from absl import flags
+
+    def signalled(config, args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("the handler raises before this line")
+
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        for mode, code in (("train", 0), ("eval", 143)):
+            monkeypatch.setitem(main.MODES, mode, signalled)
+            monkeypatch.setattr(main, "check_data", lambda config, mode: None)
+            flags.FLAGS.unparse_flags()
+            tiny = f"--config={REPO / 'configs' / 'tiny.py'}"
+            flags.FLAGS(["main", tiny, f"--workdir={tmp_path / mode}"])
+            flags.FLAGS["mode"].value = mode
+            assert main.run(["main"]) == code, mode
+            assert f"SIGTERM received during --mode={mode}" in caplog.text
+    finally:
+        flags.FLAGS.unparse_flags()
+    assert signal.getsignal(signal.SIGTERM) is handler

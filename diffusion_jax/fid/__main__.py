@@ -8,15 +8,19 @@ Each of A and B is one of
   the same protocol and network, unless `--allow_unlabeled_stats`;
 - `DIR[[START:STOP]]`: a folder of .png/.jpg/.jpeg/.bmp images (sorted by name, same size).
 
-Errors a user can fix are printed as one line on stderr with exit status 2.
+Both inputs are checked (they exist, can be read, hold at least 2 images; every file of a
+folder is verified) before the network is loaded or any feature is computed. Errors a user can
+fix are printed as one line on stderr with exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 import sys
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,72 +45,155 @@ def _parse(spec: str) -> tuple[Path, str | None, slice]:
     return path, key, slice(start, stop)
 
 
+_NPZ_MAGIC = (b"PK\x03\x04", b"PK\x05\x06", b"\x93NUMPY")
+
+
 def _npz_images(path: Path, key: str | None, sl: slice) -> np.ndarray:
-    with np.load(path) as z:
-        if key is None:
-            key = next((k for k in DEFAULT_KEYS if k in z.files), None)
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if not magic.startswith(_NPZ_MAGIC):
+        raise UserError(
+            f"{path} is neither an .npz file (it starts with {magic!r}) nor a folder of images."
+        )
+    try:
+        with np.load(path) as z:
+            if not isinstance(z, np.lib.npyio.NpzFile):
+                raise UserError(f"{path} is a single .npy array; save the images with np.savez.")
             if key is None:
-                raise UserError(
-                    f"{path} has none of the keys {DEFAULT_KEYS} (it has {z.files}); "
-                    f"name one: {path}:KEY"
-                )
-        elif key not in z.files:
-            raise UserError(f"{path} has no key {key!r}; it has {z.files}.")
-        x = z[key]
+                key = next((k for k in DEFAULT_KEYS if k in z.files), None)
+                if key is None:
+                    raise UserError(
+                        f"{path} has none of the keys {DEFAULT_KEYS} (it has {z.files}); "
+                        f"name one: {path}:KEY"
+                    )
+            elif key not in z.files:
+                raise UserError(f"{path} has no key {key!r}; it has {z.files}.")
+            x = z[key]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise UserError(f"Cannot read {path}: {e}") from e
     x = x[sl]
     return x[..., None] if x.ndim == 3 else x
 
 
-def _folder_batches(path: Path, sl: slice, batch: int) -> tuple[int, Iterator[np.ndarray]]:
+def _check_image_file(p: Path) -> tuple[int, int, int]:
+    """`(H, W, C)` of an image file as `_load_image` returns it; the file's PNG/JPEG structure
+    (chunk checksums, truncation) is verified without decoding the pixels."""
     from PIL import Image
 
-    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[sl]
-    if not files:
-        raise UserError(f"No {'/'.join(IMAGE_SUFFIXES)} images in {path}.")
+    try:
+        with Image.open(p) as im:
+            w, h = im.size
+            c = 1 if im.mode == "L" else 3
+            im.verify()
+    except Exception as e:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, ...
+        raise _unreadable_image(p, e) from e
+    return h, w, c
 
-    def load(p: Path) -> np.ndarray:
+
+def _unreadable_image(p: Path, e: Exception) -> UserError:
+    reason = (str(e).strip().splitlines() or [""])[0] or type(e).__name__
+    return UserError(f"{p} is not a readable image ({reason}); remove or replace it.")
+
+
+def _load_image(p: Path) -> np.ndarray:
+    from PIL import Image
+
+    try:
         with Image.open(p) as im:
             im = im if im.mode in ("L", "RGB") else im.convert("RGB")
             a = np.asarray(im)
-        return a[..., None] if a.ndim == 2 else a
-
-    def gen() -> Iterator[np.ndarray]:
-        for i in range(0, len(files), batch):
-            imgs = [load(p) for p in files[i : i + batch]]
-            shapes = {a.shape for a in imgs}
-            if len(shapes) > 1:
-                raise UserError(f"Images in {path} differ in size/mode: {sorted(shapes)}.")
-            yield np.stack(imgs)
-
-    return len(files), gen()
+    except Exception as e:  # noqa: BLE001 - a corrupt image body surfaces only when decoded
+        raise _unreadable_image(p, e) from e
+    return a[..., None] if a.ndim == 2 else a
 
 
-def _statistics(spec: str, extractor, args: argparse.Namespace):  # noqa: ANN001, ANN202
-    from diffusion_jax.fid import load_statistics, statistics_of
+def _image_files(path: Path, sl: slice) -> list[Path]:
+    """The folder's images (sorted by name, sliced), each checked; all must have one shape."""
+    try:
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[sl]
+    except OSError as e:
+        raise UserError(f"Cannot list {path}: {e.strerror or e}") from e
+    if not files:
+        raise UserError(f"No {'/'.join(IMAGE_SUFFIXES)} images in {path}.")
+    first = _check_image_file(files[0])
+    for p in files[1:]:
+        shape = _check_image_file(p)
+        if shape != first:
+            raise UserError(
+                f"Images in {path} differ in size/mode: {files[0].name} is {first} (H, W, C), "
+                f"{p.name} is {shape}."
+            )
+    return files
+
+
+def _batches_of_files(path: Path, files: list[Path], batch: int) -> Iterator[np.ndarray]:
+    for i in range(0, len(files), batch):
+        imgs = [_load_image(p) for p in files[i : i + batch]]
+        shapes = {a.shape for a in imgs}
+        if len(shapes) > 1:
+            raise UserError(f"Images in {path} differ in size/mode: {sorted(shapes)}.")
+        yield np.stack(imgs)
+
+
+@dataclasses.dataclass
+class _Input:
+    """One checked image set: a statistics file, an array of images or a folder's files."""
+
+    spec: str
+    path: Path
+    count: int  # images (0 for a statistics file)
+    images: np.ndarray | None = None
+    files: list[Path] | None = None
+
+    @property
+    def is_statistics(self) -> bool:
+        return self.images is None and self.files is None
+
+
+def _open_input(spec: str) -> _Input:
+    """Checks that `spec` exists, is readable and holds >= 2 valid images (or statistics)."""
+    from diffusion_jax.fid.preprocess import check_images
     from diffusion_jax.fid.stats import is_statistics_file
 
     path, key, sl = _parse(spec)
     if not path.exists():
         raise UserError(f"{path} does not exist.")
-    if path.suffix == ".npz" and is_statistics_file(path):
+    if path.is_dir():
+        files = _image_files(path, sl)
+        found = _Input(spec, path, len(files), files=files)
+    elif path.suffix == ".npz" and is_statistics_file(path):
         if key is not None or sl != slice(None):
             raise UserError(f"{path} holds statistics; a key or slice makes no sense there.")
+        return _Input(spec, path, 0)
+    else:
+        images = check_images(_npz_images(path, key, sl))
+        found = _Input(spec, path, len(images), images=images)
+    if found.count < 2:
+        raise UserError(f"{spec}: FID needs at least 2 images; it holds {found.count}.")
+    return found
+
+
+def _statistics(found: _Input, extractor, args: argparse.Namespace):  # noqa: ANN001, ANN202
+    from diffusion_jax.fid import load_statistics, statistics_of
+
+    if found.is_statistics:
         return load_statistics(
-            path,
+            found.path,
             expect_protocol=extractor.protocol,
             expect_network=extractor.network_sha256,
             allow_unlabeled=args.allow_unlabeled_stats,
         )
-    if path.is_dir():
-        n, batches = _folder_batches(path, sl, args.batch_size)
+    n, b = found.count, args.batch_size
+    if found.files is not None:
+        batches = _batches_of_files(found.path, found.files, b)
     else:
-        images = _npz_images(path, key, sl)
-        n = len(images)
-        batches = (images[i : i + args.batch_size] for i in range(0, n, args.batch_size))
+        batches = (found.images[i : i + b] for i in range(0, n, b))
     t0 = time.perf_counter()
-    stats = statistics_of(batches, extractor, progress=not args.no_progress, total=n, dataset=spec)
+    stats = statistics_of(
+        batches, extractor, progress=not args.no_progress, total=n, dataset=found.spec
+    )
     dt = time.perf_counter() - t0
-    print(f"{spec}: {n} images in {dt:.1f} s ({n / dt:.2f} img/s)", file=sys.stderr)
+    print(f"{found.spec}: {n} images in {dt:.1f} s ({n / dt:.2f} img/s)", file=sys.stderr)
     return stats
 
 
@@ -130,9 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from diffusion_jax.fid import FeatureExtractor, fid_from_statistics, save_statistics
 
+        inputs = [_open_input(args.a), _open_input(args.b)]  # both checked before any work
         extractor = FeatureExtractor(args.weights, args.protocol, args.batch_size)
-        sa = _statistics(args.a, extractor, args)
-        sb = _statistics(args.b, extractor, args)
+        sa, sb = (_statistics(found, extractor, args) for found in inputs)
         for path, s in ((args.save_stats_a, sa), (args.save_stats_b, sb)):
             if path:
                 save_statistics(path, s)

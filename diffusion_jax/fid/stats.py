@@ -8,6 +8,8 @@ another network are not comparable, so loading refuses a mismatch instead of giv
 from __future__ import annotations
 
 import dataclasses
+import os
+import tempfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -125,20 +127,28 @@ def fid_from_statistics(a: FidStatistics, b: FidStatistics) -> float:
 
 
 def save_statistics(path: str | Path, stats: FidStatistics) -> None:
+    """Writes `stats` atomically: a temporary file in the same folder, then `os.replace`, so a
+    reader (another process, a later run) never sees a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:  # a file object keeps numpy from appending ".npz"
-        np.savez(
-            f,
-            mu=stats.mu,
-            sigma=stats.sigma,
-            count=np.int64(stats.count),
-            protocol=stats.protocol or "",
-            network_sha256=stats.network_sha256 or "",
-            dataset=stats.dataset,
-            split=stats.split,
-            format_version=np.int64(FORMAT_VERSION),
-        )
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:  # a file object keeps numpy from appending ".npz"
+            np.savez(
+                f,
+                mu=stats.mu,
+                sigma=stats.sigma,
+                count=np.int64(stats.count),
+                protocol=stats.protocol or "",
+                network_sha256=stats.network_sha256 or "",
+                dataset=stats.dataset,
+                split=stats.split,
+                format_version=np.int64(FORMAT_VERSION),
+            )
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def is_statistics_file(path: str | Path) -> bool:

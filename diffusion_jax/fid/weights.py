@@ -105,7 +105,8 @@ def fingerprint(raw: Raw) -> str:
 def how_to_get_weights() -> str:
     return (
         "Provide the FID Inception weights in one of these ways:\n"
-        "  1. pass the file's path (config `fid.weights_path` / flag `--weights PATH`);\n"
+        "  1. pass the file's path: `--config.fid.weights=PATH` (config.fid.weights) for "
+        "python -m diffusion_jax.main, `--weights PATH` for python -m diffusion_jax.fid;\n"
         f"  2. set ${ENV_VAR}=PATH;\n"
         f"  3. put a converted file in the cache: {cache_dir()}/fid_inception_<sha12>.npz "
         "(any earlier successful load writes it; cache dir from $DJAX_CACHE_DIR or "

@@ -1,0 +1,347 @@
+"""The users' edges (issue 17): mistakes a user can fix are one line and exit 2, found before
+anything slow runs or anything is created; bugs keep their traceback."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from absl import flags
+from train_utils import REPO, no_traceback, run_main, tiny_config
+
+from diffusion_jax import data, main
+from diffusion_jax import state as state_lib
+from diffusion_jax.errors import DataNotFoundError, UserError
+from diffusion_jax.fid import FidStatistics, save_statistics
+from diffusion_jax.fid import __main__ as fid_cli
+from diffusion_jax.fid import weights as W
+
+TINY = f"--config={REPO / 'configs' / 'tiny.py'}"
+
+
+@pytest.fixture
+def cli_flags():
+    """Parses main's flags in-process (like the CLI would) and resets them afterwards."""
+
+    def parse(*args: str) -> None:
+        flags.FLAGS.unparse_flags()
+        flags.FLAGS(["main", *args])
+
+    yield parse
+    flags.FLAGS.unparse_flags()
+
+
+# ----------------------------------------------------------------------------- (a) data first
+
+
+def test_missing_data_is_found_before_the_model_is_built(tmp_path, cli_flags, monkeypatch, caplog):
+    def no_build(config):
+        raise AssertionError("validate_config (the model build) ran before the data check")
+
+    monkeypatch.setattr(state_lib, "validate_config", no_build)
+    for mode in ("train", "train_and_eval", "fid_stats"):
+        cli_flags(TINY, f"--workdir={tmp_path / 'w'}", f"--mode={mode}")
+        main._CONFIG.value.data.data_dir = str(tmp_path / "empty")
+        start = time.perf_counter()
+        assert main.run(["main"]) == 2, mode
+        assert time.perf_counter() - start < 5, mode
+        assert "mnist is not prepared in" in caplog.text
+        assert not (tmp_path / "w").exists()
+
+
+def test_eval_checks_data_only_when_it_needs_reference_statistics(tmp_path):
+    config = tiny_config(str(tmp_path / "empty"))
+    config.fid.ref_stats = str(tmp_path / "ref-{protocol}.npz")
+    with pytest.raises(DataNotFoundError):
+        main.check_data(config, "eval")
+    (tmp_path / "ref-tf.npz").write_bytes(b"")  # exists: eval never reads the data
+    main.check_data(config, "eval")
+    main.check_data(config, "sample")  # sampling never reads the data
+
+
+def test_check_prepared(tiny_mnist_dir, tmp_path):
+    start = time.perf_counter()
+    with pytest.raises(DataNotFoundError, match="import --dataset=cifar10"):
+        data.check_prepared("cifar10", "train", str(tmp_path))
+    data.check_prepared("mnist", "test", tiny_mnist_dir)
+    assert time.perf_counter() - start < 2
+    with pytest.raises(UserError, match="Unknown split 'validation'"):
+        data.check_prepared("mnist", "validation", tiny_mnist_dir)
+
+
+# ----------------------------------------------------------------------------- (b) bugs
+
+
+def test_only_user_errors_are_exit_2_other_errors_keep_their_traceback(cli_flags, monkeypatch):
+    def shape_bug(config, args):
+        raise ValueError("Incompatible shapes for broadcasting: (3,) and (4,)")
+
+    monkeypatch.setitem(main.MODES, "bug", shape_bug)
+    monkeypatch.setattr(main, "check_data", lambda config, mode: None)
+    monkeypatch.setattr(state_lib, "validate_config", lambda config: None)
+    cli_flags(TINY, "--workdir=/nonexistent")
+    flags.FLAGS["mode"].value = "bug"
+    with pytest.raises(ValueError, match="Incompatible shapes"):
+        main.run(["main"])
+
+
+# ----------------------------------------------------------------------------- (c) files
+
+
+def test_workdir_under_a_file(tmp_path):
+    (tmp_path / "file").write_text("x")
+    for workdir in (tmp_path / "file", tmp_path / "file" / "run"):
+        with pytest.raises(UserError, match="is a file, not a folder"):
+            main.check_workdir(str(workdir))
+    main.check_workdir(str(tmp_path / "new" / "run"))
+    assert not (tmp_path / "new").exists()
+
+
+def test_data_dir_that_is_a_file_is_reported_as_such(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    for data_dir in (tmp_path / "file", tmp_path / "file" / "sub"):
+        with pytest.raises(UserError, match="is a file, not a folder") as info:
+            data.load_split("mnist", data_dir=str(data_dir))
+        assert not isinstance(info.value, DataNotFoundError)
+    np.savez(tmp_path / "m.npz", x=np.zeros(1))
+    args = ["import", "--dataset=mnist", f"--npz={tmp_path / 'm.npz'}"]
+    assert data.main([*args, f"--data_dir={tmp_path / 'file' / 'tfds'}"]) == 2
+    err = capsys.readouterr().err
+    assert "is a file, not a folder" in err and len(err.strip().splitlines()) == 1
+
+
+def test_text_file_as_npz(tmp_path):
+    text = tmp_path / "mnist.npz"
+    text.write_text("x_train,y_train\n1,2\n")
+    with pytest.raises(UserError, match=r"is not an \.npz file \(it starts with b'x_trai'") as e:
+        data.read_npz(text)
+    assert "allow_pickle" not in str(e.value)
+
+
+def test_truncated_array_record_names_the_file(tiny_mnist_dir, tmp_path):
+    copy = tmp_path / "tfds"
+    shutil.copytree(tiny_mnist_dir, copy)
+    (record,) = copy.rglob("mnist-train.array_record-*")
+    with open(record, "r+b") as f:
+        f.truncate(record.stat().st_size * 2 // 3)
+    with pytest.raises(UserError) as info:
+        data.load_split("mnist", data_dir=str(copy), progress=False)
+    message = str(info.value)
+    assert str(record) in message and "corrupt or truncated" in message
+    assert "import --dataset=mnist" in message and "--overwrite" in message
+    record.write_bytes(b"not a record file\n")  # garbage from the first byte
+    with pytest.raises(UserError, match="corrupt or truncated"):
+        data.load_split("mnist", data_dir=str(copy), progress=False)
+
+
+# ----------------------------------------------------------------------------- (d) labels
+
+
+def test_labels_beyond_num_classes_are_refused():
+    split = data.Split(
+        images=np.zeros((1, 3, 2, 2, 1), np.uint8),
+        labels=np.array([[0, 9, 4]], np.int32),
+        num_examples=3,
+    )
+    with pytest.raises(UserError, match=r"labels go from 0 up to 9 but config.model.num_classes=5"):
+        data.check_labels(split, 5, "mnist")
+    data.check_labels(split, 10, "mnist")
+    data.check_labels(split, 0, "mnist")  # unconditional: labels unused
+
+
+# ----------------------------------------------------------------------------- (e) FID
+
+
+def test_statistics_are_written_atomically(tmp_path, monkeypatch):
+    stats = FidStatistics(np.zeros(4), np.eye(4), 10, "tf", "n" * 64, "mnist", "test")
+    path = tmp_path / "ref.npz"
+    save_statistics(path, stats)
+    before = path.read_bytes()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(np, "savez", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        save_statistics(path, FidStatistics(np.ones(4), np.eye(4), 10, "tf", "n" * 64))
+    assert path.read_bytes() == before  # the old file is intact, no temporary left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ref.npz"]
+
+
+def test_weights_message_names_the_real_config_field():
+    text = W.how_to_get_weights()
+    assert "config.fid.weights" in text and "weights_path" not in text
+
+
+@pytest.fixture
+def no_network(tmp_path, monkeypatch):
+    monkeypatch.setenv("DJAX_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv(W.ENV_VAR, raising=False)
+    monkeypatch.setattr(W, "download", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
+
+    def never(*args, **kwargs):
+        raise AssertionError("the FID network was loaded before both inputs were checked")
+
+    monkeypatch.setattr(W, "load_weights", never)
+    monkeypatch.setattr(W, "load_file", never)
+
+
+def _pngs(folder: Path, n: int) -> None:
+    from PIL import Image
+
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+
+
+def test_fid_cli_checks_both_inputs_before_any_work(tmp_path, capsys, no_network):
+    good = tmp_path / "good.npz"
+    np.savez(good, x=np.zeros((4, 8, 8, 3), np.uint8))
+    np.savez(tmp_path / "one.npz", x=np.zeros((1, 8, 8, 3), np.uint8))
+    (tmp_path / "text.npz").write_text("not numpy\n")
+    _pngs(tmp_path / "corrupt", 3)
+    png = tmp_path / "corrupt" / "1.png"
+    png.write_bytes(png.read_bytes()[:40])  # truncated
+    _pngs(tmp_path / "bad_crc", 2)
+    flipped = bytearray((tmp_path / "bad_crc" / "0.png").read_bytes())
+    flipped[-20] ^= 0xFF  # a bit flip in the image data
+    (tmp_path / "bad_crc" / "0.png").write_bytes(bytes(flipped))
+    cases = {
+        "missing.npz": "does not exist",
+        "one.npz": "at least 2 images; it holds 1",
+        "good.npz[:1]": "at least 2 images; it holds 1",
+        "text.npz": "is neither an .npz file",
+        "corrupt": f"{png} is not a readable image",
+        "bad_crc": "0.png is not a readable image",
+    }
+    for spec, needle in cases.items():
+        for a, b in ((str(good), str(tmp_path / spec)), (str(tmp_path / spec), str(good))):
+            assert fid_cli.main([a, b, "--no_progress"]) == 2, spec
+            err = capsys.readouterr().err
+            assert needle in err and len(err.strip().splitlines()) == 1, (spec, err)
+
+
+def test_image_decoding_errors_name_the_file(tmp_path):
+    _pngs(tmp_path / "imgs", 2)
+    bad = tmp_path / "imgs" / "0.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 30)
+    with pytest.raises(UserError, match=f"{bad} is not a readable image"):
+        next(fid_cli._batches_of_files(tmp_path / "imgs", sorted((tmp_path / "imgs").iterdir()), 2))
+
+
+# ----------------------------------------------------------------------------- (g) config file
+
+
+def _load_like_config_flags(path: Path) -> BaseException:
+    """The exception config_flags raises for `path`: it imports the file, then calls
+    get_config() (the traceback then runs through the file, as in the CLI)."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.spec_from_file_location("cfg_under_test", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        module.get_config()
+    except Exception as e:  # noqa: BLE001
+        return e
+    raise AssertionError("the config loaded")
+
+
+@pytest.mark.parametrize(
+    ("body", "needles"),
+    [
+        ("x = 1\n", ("has no get_config() function",)),
+        (
+            "def get_config():\n    raise RuntimeError('boom inside')\n",
+            ("failed to load: RuntimeError: boom inside", "line 2"),
+        ),
+        ("import no_such_module_here\n", ("ModuleNotFoundError", "no_such_module_here")),
+        ("def get_config(:\n", ("SyntaxError",)),
+    ],
+)
+def test_config_file_errors_name_the_file(tmp_path, body, needles):
+    path = tmp_path / "my_config.py"
+    path.write_text(body)
+    message = main.config_file_error(_load_like_config_flags(path), str(path))
+    assert message.startswith(f"the config file {path}") and "\n" not in message, message
+    for needle in needles:
+        assert needle in message, message
+    # An override of a field that does not exist is not about the file.
+    unknown = AttributeError("'ConfigDict' object has no attribute 'lrr'")
+    assert main.config_file_error(unknown, str(path)) is None
+
+
+def test_config_file_error_on_the_command_line(tmp_path):
+    path = tmp_path / "raises.py"
+    path.write_text("def get_config():\n    raise KeyError('oops')\n")
+    result = run_main(f"--config={path}", f"--workdir={tmp_path / 'w'}")
+    assert result.returncode == 2 and no_traceback(result.stderr), result.stderr[-3000:]
+    assert f"error: the config file {path} failed to load: KeyError: 'oops'" in result.stderr
+    assert "unknown config field" not in result.stderr
+
+
+# ----------------------------------------------------------------------------- (h) JAX cache
+
+
+@pytest.fixture
+def restore_jax_cache_config():
+    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
+    before = {n: getattr(jax.config, n) for n in names}
+    jax.config.update("jax_compilation_cache_dir", None)
+    yield
+    for n, v in before.items():
+        jax.config.update(n, v)
+
+
+def test_compilation_cache_default_override_and_off(tmp_path, restore_jax_cache_config):
+    env = {"XDG_CACHE_HOME": str(tmp_path / "xdg")}
+    expected = str(tmp_path / "xdg" / "diffusion_jax" / "jax_cache")
+    assert main.configure_compilation_cache(env) == expected
+    assert jax.config.jax_compilation_cache_dir == expected
+    assert jax.config.jax_persistent_cache_min_compile_time_secs == main.CACHE_MIN_COMPILE_TIME_S
+
+    jax.config.update("jax_compilation_cache_dir", None)
+    assert main.configure_compilation_cache({"DJAX_COMPILATION_CACHE": "off"}) is None
+    assert jax.config.jax_compilation_cache_dir is None
+
+    mine = str(tmp_path / "mine")
+    assert main.configure_compilation_cache({"DJAX_COMPILATION_CACHE": mine}) == mine
+    jax.config.update("jax_compilation_cache_dir", None)
+    home = os.path.expanduser("~")
+    assert main.compilation_cache_dir({}) == f"{home}/.cache/diffusion_jax/jax_cache"
+
+
+def test_compilation_cache_keeps_the_users_jax_settings(tmp_path, restore_jax_cache_config):
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    env = {
+        "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "users"),
+        "DJAX_COMPILATION_CACHE": str(tmp_path / "ours"),
+    }
+    assert main.configure_compilation_cache(env) == str(tmp_path / "users")
+    assert jax.config.jax_compilation_cache_dir is None  # JAX reads its own variable itself
+    env = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "XDG_CACHE_HOME": str(tmp_path)}
+    main.configure_compilation_cache(env)
+    assert jax.config.jax_persistent_cache_min_compile_time_secs == 0.0
+
+
+@pytest.mark.parametrize(
+    "section,field,value,match",
+    [
+        ("model", "time_emb_dim", 0, "config.model.time_emb_dim=0"),
+        ("model", "time_emb_dim", -4, "config.model.time_emb_dim=-4"),
+        ("", "seed", 2**64, "config.seed=18446744073709551616"),
+        ("", "seed", -1, "config.seed=-1"),
+    ],
+)
+def test_config_values_that_used_to_crash_are_user_errors(section, field, value, match):
+    """These reached ZeroDivisionError / TypeError / OverflowError deep in JAX."""
+    config = tiny_config("unused")
+    (config[section] if section else config)[field] = value
+    with pytest.raises(UserError, match=match):
+        state_lib.validate_config(config)

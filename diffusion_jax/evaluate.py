@@ -7,8 +7,13 @@
   device-filling batches (streamed to the host, never all on the devices), their Inception
   statistics are accumulated batch by batch, and the FID against the reference is written to
   `workdir/eval/fid_<step>.json` with N, sampler, steps, protocol, checkpoint and wall time.
-- `periodic_evaluator`: the same on `config.fid.num_samples` images every `config.fid.every`
+- `Evaluator.periodic`: the same on `config.fid.num_samples` images every `config.fid.every`
   training steps, so training can keep its best checkpoint by FID.
+- `Evaluator`: extractors, reference statistics and compiled generators, built once and shared
+  by the periodic FID, the final eval of the quality run and the watcher (`diffusion_jax.watch`).
+
+Every record says which images it measured: images 0..N-1 (`image_indices`) of the key
+`fold_in(PRNGKey(seed), sample_stream)`.
 
 `config.fid.protocol` is "tf" (the DDPM paper's and score_sde's protocol), "pytorch_fid", or
 "both" (one generation pass, two FIDs).
@@ -16,11 +21,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import jax
 import ml_collections
@@ -186,93 +194,212 @@ def run_fid_stats(config: ml_collections.ConfigDict, workdir: str | None = None)
     return out
 
 
+def stream_key(config: ml_collections.ConfigDict, stream: int) -> jax.Array:
+    """`fold_in(PRNGKey(config.seed), stream)`: the key whose images 0..N-1 an FID uses."""
+    return jax.random.fold_in(jax.random.PRNGKey(config.seed), stream)
+
+
+EvaluateFn = Callable[[int, nnx.State], dict[str, float] | None]
+
+
+@dataclasses.dataclass
+class Evaluator:
+    """What FID needs that no checkpoint changes, built once and reused for every evaluation:
+    the Inception extractors (one per protocol, weights read once), the reference statistics,
+    and the compiled generators (one per sampling batch size, made on first use).
+
+    The periodic FID during training (`periodic`), `--mode=eval` (`run_eval`), the quality run
+    and the watcher (`diffusion_jax.watch`) all evaluate through one of these.
+    """
+
+    config: ml_collections.ConfigDict
+    mesh: Mesh
+    graphdef: nnx.GraphDef
+    schedule: Any  # diffusion.Schedule
+    extractors: dict[str, fid.FeatureExtractor]
+    references: dict[str, tuple[fid.FidStatistics, Path]]
+    _generators: dict[int, sampling.Generator] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def create(
+        cls,
+        config: ml_collections.ConfigDict,
+        mesh: Mesh | None = None,
+        graphdef: nnx.GraphDef | None = None,
+        schedule: Any = None,
+    ) -> Evaluator:
+        """Reads the Inception weights and the reference statistics (computing them when
+        missing: every image of the reference split, slow on a CPU)."""
+        mesh = parallel.make_mesh() if mesh is None else mesh
+        graphdef = state_lib.graphdef_of(config) if graphdef is None else graphdef
+        schedule = state_lib.build_schedule(config) if schedule is None else schedule
+        extractors = make_extractors(config, mesh)
+        is_main = parallel.is_main_process()
+        references = {
+            p: reference_statistics(config, e, progress=is_main) for p, e in extractors.items()
+        }
+        logging.info(
+            "FID evaluator ready: protocols %s, references %s.",
+            ", ".join(extractors),
+            ", ".join(f"{s.count} {s.dataset}/{s.split}" for s, _ in references.values()),
+        )
+        return cls(config, mesh, graphdef, schedule, extractors, references)
+
+    @property
+    def protocols(self) -> tuple[str, ...]:
+        return tuple(self.extractors)
+
+    def generator(self, num_samples: int) -> sampling.Generator:
+        """The generator for `num_samples` images; one per batch size, so FIDs of sizes that
+        give the same device-filling batch share one compiled sampler."""
+        batch = sampling.batch_size_for(num_samples, self.config.sample.batch_size, self.mesh)
+        if batch not in self._generators:
+            self._generators[batch] = sampling.make_generator(
+                self.config, self.graphdef, self.schedule, self.mesh, batch_size=batch
+            )
+        return self._generators[batch]
+
+    def fid(
+        self,
+        params: nnx.State,
+        num_samples: int,
+        stream: int,
+        *,
+        progress: bool = False,
+    ) -> dict[str, float]:
+        """{protocol: FID} of images 0..num_samples-1 of sampling stream `stream`."""
+        stats = sample_statistics(
+            self.generator(num_samples),
+            params,
+            num_samples,
+            stream_key(self.config, stream),
+            self.extractors,
+            progress=progress,
+        )
+        return {p: fid.fid_from_statistics(stats[p], self.references[p][0]) for p in stats}
+
+    def record(
+        self, params: nnx.State, step: int, *, num_samples: int | None = None,
+        progress: bool = False,
+    ) -> dict:  # fmt: skip
+        """The `--mode=eval` record of EMA `params` (of checkpoint `step`): FID of images
+        0..N-1 of `EVAL_STREAM` (N = `config.fid.eval_samples`) and how it was measured."""
+        config = self.config
+        n = int(config.fid.eval_samples if num_samples is None else num_samples)
+        if n < 2:
+            raise UserError(f"config.fid.eval_samples={n} must be >= 2 (50000 is the standard).")
+        logging.info("FID: %d samples from step %d with %s (%d steps).", n, step,
+                     config.sample.sampler, _steps_of(config))  # fmt: skip
+        started = time.perf_counter()
+        fids = self.fid(params, n, EVAL_STREAM, progress=progress)
+        return {
+            "fid": fids,
+            "num_samples": n,
+            "checkpoint_step": int(step),
+            "seed": int(config.seed),
+            "sample_stream": EVAL_STREAM,
+            "image_indices": [0, n],  # images i in [0, n) of fold_in(PRNGKey(seed), stream)
+            "sampler": config.sample.sampler,
+            "steps": _steps_of(config),
+            "eta": float(config.sample.eta),
+            "variance": config.sample.variance,
+            "guidance": float(config.sample.guidance) if config.model.num_classes else None,
+            "protocols": list(self.protocols),
+            "reference": {
+                p: {"path": str(path), "dataset": s.dataset, "split": s.split, "count": s.count}
+                for p, (s, path) in self.references.items()
+            },
+            "network_sha256": next(iter(self.extractors.values())).network_sha256,
+            "dataset": config.data.dataset,
+            "sampling_and_features_wall_s": round(time.perf_counter() - started, 2),
+            "device": _device_description(),
+            "jax": jax.__version__,
+        }
+
+    def periodic(self) -> EvaluateFn | None:
+        """FID on `config.fid.num_samples` images, for training's `evaluate_fn` hook (None if
+        off): metrics `fid` (the first protocol) and `fid_<protocol>` for each protocol. Images
+        0..N-1 of `PERIODIC_STREAM` every time, so the curve shows the model changing, not the
+        draw."""
+        n = _periodic_samples(self.config)
+        if not n:
+            return None
+        first = self.protocols[0]
+
+        def evaluate(step: int, ema_params: nnx.State) -> dict[str, float]:
+            del step
+            fids = self.fid(ema_params, n, PERIODIC_STREAM)
+            out = {f"fid_{p}": v for p, v in fids.items()}
+            out["fid"] = out[f"fid_{first}"]
+            return out
+
+        return evaluate
+
+
+def _periodic_samples(config: ml_collections.ConfigDict) -> int:
+    """`config.fid.num_samples` when periodic FID is on, else 0."""
+    n = int(config.fid.num_samples)
+    if not (n and config.fid.every):
+        return 0
+    if n < 2:
+        raise UserError(f"config.fid.num_samples={n} must be >= 2 (or 0 to turn it off).")
+    return n
+
+
+def record_path(workdir: str, step: int) -> Path:
+    """`workdir/eval/fid_<step>.json`: where the record of checkpoint `step` goes."""
+    return Path(workdir) / OUTPUT_DIR / f"fid_{step}.json"
+
+
+def write_record(workdir: str, record: dict) -> Path:
+    """Writes `record` to `record_path` atomically (a reader never sees half a file)."""
+    path = record_path(workdir, record["checkpoint_step"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
 def run_eval(
-    config: ml_collections.ConfigDict, workdir: str, *, checkpoint: str | None = None
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    checkpoint: str | None = None,
+    evaluator: Evaluator | None = None,
 ) -> dict:
-    """`--mode=eval`: FID of a checkpoint's EMA samples; writes and returns the JSON record."""
+    """`--mode=eval`: FID of a checkpoint's EMA samples; writes and returns the JSON record.
+
+    The checkpoint is read first, so a workdir without a usable one fails at once, before any
+    Inception work. Pass `evaluator` to reuse extractors, references and generators.
+    """
     started = time.perf_counter()
     n = int(config.fid.eval_samples)
     if n < 2:
         raise UserError(f"config.fid.eval_samples={n} must be >= 2 (50000 is the standard).")
-    mesh = parallel.make_mesh()
+    mesh = parallel.make_mesh() if evaluator is None else evaluator.mesh
     is_main = parallel.is_main_process()
-    extractors = make_extractors(config, mesh)
-    references = {
-        p: reference_statistics(config, e, progress=is_main) for p, e in extractors.items()
-    }
-    graphdef = state_lib.graphdef_of(config)
-    schedule = state_lib.build_schedule(config)
     params, step = sampling.load_ema_params(config, workdir, mesh, checkpoint)
-    batch = sampling.batch_size_for(n, config.sample.batch_size, mesh)
-    generator = sampling.make_generator(config, graphdef, schedule, mesh, batch_size=batch)
-    rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), EVAL_STREAM)
-    logging.info("FID: %d samples from step %d with %s (%d steps).", n, step,
-                 config.sample.sampler, _steps_of(config))  # fmt: skip
-    generation_started = time.perf_counter()
-    stats = sample_statistics(generator, params, n, rng, extractors, progress=is_main)
-    sample_wall = time.perf_counter() - generation_started
-
-    record = {
-        "fid": {p: fid.fid_from_statistics(stats[p], references[p][0]) for p in extractors},
-        "num_samples": n,
-        "checkpoint_step": int(step),
-        "sampler": config.sample.sampler,
-        "steps": _steps_of(config),
-        "eta": float(config.sample.eta),
-        "variance": config.sample.variance,
-        "guidance": float(config.sample.guidance) if config.model.num_classes else None,
-        "protocols": list(extractors),
-        "reference": {
-            p: {"path": str(path), "dataset": s.dataset, "split": s.split, "count": s.count}
-            for p, (s, path) in references.items()
-        },
-        "network_sha256": next(iter(extractors.values())).network_sha256,
-        "dataset": config.data.dataset,
-        "sampling_and_features_wall_s": round(sample_wall, 2),
-        "wall_s": round(time.perf_counter() - started, 2),
-        "device": _device_description(),
-        "jax": jax.__version__,
-    }
+    if evaluator is None:
+        evaluator = Evaluator.create(config, mesh)
+    record = evaluator.record(params, step, num_samples=n, progress=is_main)
+    record["wall_s"] = round(time.perf_counter() - started, 2)
     if is_main:
-        out_dir = Path(workdir) / OUTPUT_DIR
-        out_dir.mkdir(parents=True, exist_ok=True)
-        path = out_dir / f"fid_{step}.json"
-        path.write_text(json.dumps(record, indent=2) + "\n")
+        path = write_record(workdir, record)
         record["path"] = str(path)
         for p, value in record["fid"].items():
             logging.info("FID (%s, %d samples, step %d) = %.4f  -> %s", p, n, step, value, path)
     return record
 
 
-EvaluateFn = Callable[[int, nnx.State], dict[str, float] | None]
-
-
 def periodic_evaluator(
-    config: ml_collections.ConfigDict, mesh: Mesh, graphdef: nnx.GraphDef, schedule
+    config: ml_collections.ConfigDict,
+    mesh: Mesh,
+    graphdef: nnx.GraphDef,
+    schedule,
 ) -> EvaluateFn | None:
-    """FID on `config.fid.num_samples` images, for training's `evaluate_fn` hook (None if off).
-
-    Returns metrics named `fid` (the first protocol) and `fid_<protocol>` for each protocol.
-    The same noise is used every time, so the curve shows the model changing, not the draw.
-    """
-    n = int(config.fid.num_samples)
-    if not (n and config.fid.every):
+    """`Evaluator.periodic` of a new Evaluator (None, and nothing built, when periodic FID is
+    off). Training calls this when it is not handed an `evaluate_fn`."""
+    if not _periodic_samples(config):
         return None
-    if n < 2:
-        raise UserError(f"config.fid.num_samples={n} must be >= 2 (or 0 to turn it off).")
-    extractors = make_extractors(config, mesh)
-    references = {p: reference_statistics(config, e, progress=parallel.is_main_process())[0]
-                  for p, e in extractors.items()}  # fmt: skip
-    batch = sampling.batch_size_for(n, config.sample.batch_size, mesh)
-    generator = sampling.make_generator(config, graphdef, schedule, mesh, batch_size=batch)
-    rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), PERIODIC_STREAM)
-    first = next(iter(extractors))
-
-    def evaluate(step: int, ema_params: nnx.State) -> dict[str, float]:
-        del step
-        stats = sample_statistics(generator, ema_params, n, rng, extractors)
-        out = {f"fid_{p}": fid.fid_from_statistics(stats[p], references[p]) for p in extractors}
-        out["fid"] = out[f"fid_{first}"]
-        return out
-
-    return evaluate
+    return Evaluator.create(config, mesh, graphdef, schedule).periodic()

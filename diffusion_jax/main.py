@@ -32,7 +32,7 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from diffusion_jax import data, evaluate, parallel, sampling, train, writers
+from diffusion_jax import data, evaluate, parallel, sampling, train, watch, writers
 from diffusion_jax import state as state_lib
 from diffusion_jax.errors import TrainingDivergedError, UserError
 
@@ -73,6 +73,10 @@ def _train_and_eval(config: ml_collections.ConfigDict, args: RunArgs) -> None:
     train.train_and_eval(config, args.workdir)
 
 
+def _eval_watch(config: ml_collections.ConfigDict, args: RunArgs) -> None:
+    watch.run_watch(config, args.workdir, timeout_s=FLAGS.watch_timeout)
+
+
 TRAIN_MODES = ("train", "train_and_eval")
 MODES: dict[str, Callable[[ml_collections.ConfigDict, RunArgs], object]] = {
     "train": _train,
@@ -80,6 +84,7 @@ MODES: dict[str, Callable[[ml_collections.ConfigDict, RunArgs], object]] = {
     "eval": _eval,
     "fid_stats": _fid_stats,
     "train_and_eval": _train_and_eval,
+    "eval_watch": _eval_watch,
 }
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -89,6 +94,11 @@ flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, sampl
 flags.DEFINE_enum("mode", "train", list(MODES), "What to do.")
 flags.DEFINE_string(
     "checkpoint", None, "Checkpoint for sample/eval: a step number, 'latest' or 'best'."
+)
+flags.DEFINE_float(
+    "watch_timeout",
+    watch.DEFAULT_TIMEOUT_S,
+    "eval_watch: stop after this many seconds with nothing to evaluate and no new checkpoint.",
 )
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).")

@@ -524,12 +524,17 @@ def train_and_eval(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """The quality run: train (up to `config.train.time_budget_s`), then FID of the result.
 
     Writes `workdir/quality.json`: the `--mode=eval` record plus training wall time, images
-    seen and the budget, and `workdir/fid_vs_time.png` when periodic FID was on.
+    seen and the budget, and `workdir/fid_vs_time.png` when periodic FID was on. One
+    `evaluate.Evaluator` (Inception extractors, reference statistics, generators) serves the
+    periodic FID and the final eval; it is built before training, outside the time budget.
     """
     started = time.monotonic()
-    state = train_and_evaluate(config, workdir)
-    train_wall = time.monotonic() - started
-    record = evaluate.run_eval(config, workdir)
+    state_lib.validate_config(config)
+    evaluator = evaluate.Evaluator.create(config)
+    train_started = time.monotonic()
+    state = train_and_evaluate(config, workdir, evaluate_fn=evaluator.periodic())
+    train_wall = time.monotonic() - train_started
+    record = evaluate.run_eval(config, workdir, evaluator=evaluator)
     record.update(
         train_wall_s=round(train_wall, 2),
         train_steps=int(state.step),

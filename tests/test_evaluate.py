@@ -11,7 +11,7 @@ import json
 
 import numpy as np
 import pytest
-from train_utils import flags_for, no_traceback, run_main
+from train_utils import flags_for, no_traceback, run_main, tiny_config
 
 pytestmark = pytest.mark.slow
 
@@ -44,6 +44,8 @@ def test_train_with_periodic_fid_then_eval(tmp_path, tiny_mnist_dir, fid_flags):
     assert record["num_samples"] == 8 and record["checkpoint_step"] == 8
     assert record["reference"]["tf"]["split"] == "test"
     assert record["reference"]["tf"]["count"] == 64
+    assert record["seed"] == 0 and record["sample_stream"] == 2  # images 0..7 of that key
+    assert record["image_indices"] == [0, 8]
 
 
 def test_reference_from_another_protocol_is_refused(tmp_path, tiny_mnist_dir, fid_flags):
@@ -61,13 +63,33 @@ def test_reference_from_another_protocol_is_refused(tmp_path, tiny_mnist_dir, fi
         f"--workdir={tmp_path / 'run'}", "--mode=fid_stats", *args, *fid_flags,
         "--config.fid.protocol=pytorch_fid", f"--config.fid.ref_stats={path}", timeout=300,
     )  # fmt: skip
-    # fid_stats recomputes (and replaces) a file; eval must refuse a mismatching one instead.
+    # fid_stats recomputes (and replaces) a file; evaluation must refuse a mismatching one.
     assert result.returncode == 0, result.stderr[-3000:]
     assert fid.load_statistics(path).protocol == "pytorch_fid"
     fid.save_statistics(path, fake)
+    # --mode=eval reads the checkpoint first (there is none here); the watcher builds its
+    # Evaluator (extractors + references, what every evaluation shares) before it looks.
     result = run_main(
-        f"--workdir={tmp_path / 'run'}", "--mode=eval", *args, *fid_flags,
+        f"--workdir={tmp_path / 'run'}", "--mode=eval_watch", *args, *fid_flags,
         "--config.fid.protocol=pytorch_fid", f"--config.fid.ref_stats={path}", timeout=300,
     )  # fmt: skip
     assert result.returncode == 2
     assert "protocol" in result.stderr and no_traceback(result.stderr), result.stderr[-2000:]
+
+
+def test_eval_of_an_empty_workdir_fails_before_any_inception_work(tmp_path, monkeypatch):
+    """No checkpoint: a UserError at once, not after hours of reference statistics."""
+    from diffusion_jax import evaluate, fid
+    from diffusion_jax.errors import UserError
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("Inception work before the checkpoint was checked")
+
+    for name in ("make_extractors", "reference_statistics"):
+        monkeypatch.setattr(evaluate, name, forbidden)
+    monkeypatch.setattr(fid, "FeatureExtractor", forbidden)
+    config = tiny_config("unused")
+    config.fid.eval_samples = 8
+    with pytest.raises(UserError, match="No checkpoint"):
+        evaluate.run_eval(config, str(tmp_path / "empty"))
+    assert not (tmp_path / "empty").exists()  # and nothing was created there

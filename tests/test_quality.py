@@ -40,6 +40,8 @@ def test_quality_run_stops_at_budget_then_evaluates(tmp_path, tiny_mnist_dir, fi
     assert record["images_seen"] == record["train_steps"] * 32
     assert record["checkpoint_step"] == record["train_steps"]  # checkpointed at the stop
     assert np.isfinite(record["fid"]["tf"]) and record["num_samples"] == 8
+    assert record["image_indices"] == [0, 8] and record["sample_stream"] == 2
+    assert result.stderr.count("FID evaluator ready") == 1  # built once: periodic + final eval
     for key in ("sampler", "steps", "device", "train_wall_s", "time_budget_s", "wall_s"):
         assert key in record
     assert (workdir / "fid_vs_time.png").stat().st_size > 0

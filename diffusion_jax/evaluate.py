@@ -15,8 +15,8 @@
 Every record says which images it measured: images 0..N-1 (`image_indices`) of the key
 `fold_in(PRNGKey(seed), sample_stream)`.
 
-`config.fid.protocol` is "tf" (the DDPM paper's and score_sde's protocol), "pytorch_fid", or
-"both" (one generation pass, two FIDs).
+`config.fid.protocol` is "tf" (TTUR's TF1 pipeline: TF1 bilinear resize, x/128 - 1; not
+score_sde's TF-GAN one), "pytorch_fid", or "both" (one generation pass, two FIDs).
 """
 
 from __future__ import annotations

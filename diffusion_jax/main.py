@@ -1,6 +1,7 @@
 """Entry point: `python -m diffusion_jax.main --config=configs/<name>.py --workdir=DIR`.
 
-    --mode=train (default) | sample | eval | fid_stats
+    --mode=train (default) | sample | eval | fid_stats | train_and_eval | eval_watch
+    --watch_timeout=S      eval_watch: exit after S seconds without a new checkpoint
     --config.a.b=value     overrides any config field (see diffusion_jax/config.py)
     --checkpoint=N|best    which checkpoint sample/eval read (default: the latest)
     --coordinator_address, --num_processes, --process_id   multi-process runs (launch/)
@@ -181,9 +182,12 @@ def check_data(config: ml_collections.ConfigDict, mode: str) -> None:
     """
     try:
         d = config.data
-        splits = {"train"} if mode in ("train", "train_and_eval") else set()
-        if mode == "fid_stats" or (mode == "eval" and _reference_missing(config)):
+        splits = {"train"} if mode in TRAIN_MODES else set()
+        evaluates = mode in ("eval", "eval_watch", "train_and_eval") or config.fid.every
+        if mode == "fid_stats" or (evaluates and _reference_missing(config)):
             splits.add(config.fid.ref_split)
+        if mode in (*TRAIN_MODES, "eval_watch") and config.train.heldout_examples:
+            splits.add("test")  # the held-out loss's images
         dataset, data_dir = d.dataset, d.data_dir
     except (AttributeError, KeyError):
         return

@@ -263,6 +263,7 @@ class StopRequest:
         note: str = "nothing was saved: no checkpoint was written",
     ):
         self.reason: str | None = None
+        self.signum = 0
         self.training = False
         self.when, self.note = when, note
         self._previous: dict[int, object] = {}
@@ -275,6 +276,7 @@ class StopRequest:
 
     def _handle(self, signum, frame) -> None:
         name = signal.Signals(signum).name
+        self.signum = signum
         if not self.training:
             self.reason = name
             raise TrainingStopped(f"{name} received {self.when}; {self.note}. Stopped.", signum)
@@ -532,8 +534,15 @@ def train_and_eval(config: ml_collections.ConfigDict, workdir: str) -> dict:
     state_lib.validate_config(config)
     evaluator = evaluate.Evaluator.create(config)
     train_started = time.monotonic()
-    state = train_and_evaluate(config, workdir, evaluate_fn=evaluator.periodic())
+    with StopRequest() as stop:
+        state = train_and_evaluate(config, workdir, evaluate_fn=evaluator.periodic(), stop=stop)
     train_wall = time.monotonic() - train_started
+    if stop.reason is not None:  # the user asked to stop: no hour of FID after the save
+        raise TrainingStopped(
+            f"{stop.reason}: training stopped and saved at step {int(state.step)}; the final FID "
+            "was not computed (rerun the same command to resume, or use --mode=eval).",
+            stop.signum,
+        )
     record = evaluate.run_eval(config, workdir, evaluator=evaluator)
     record.update(
         train_wall_s=round(train_wall, 2),
@@ -543,9 +552,11 @@ def train_and_eval(config: ml_collections.ConfigDict, workdir: str) -> dict:
         total_wall_s=round(time.monotonic() - started, 2),
     )
     if parallel.is_main_process():
-        with open(os.path.join(workdir, QUALITY_FILE), "w") as f:
+        path = os.path.join(workdir, QUALITY_FILE)
+        with open(f"{path}.tmp-{os.getpid()}", "w") as f:  # atomic: never half a record
             json.dump(record, f, indent=2)
             f.write("\n")
+        os.replace(f"{path}.tmp-{os.getpid()}", path)
         records = writers.read_metrics(os.path.join(workdir, writers.METRICS_FILE))
         if any("fid" in r for r in records):
             images.fid_curve(records, os.path.join(workdir, "fid_vs_time.png"))

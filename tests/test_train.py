@@ -164,3 +164,29 @@ def test_sigterm_before_the_first_step_stops_at_once_and_keeps_the_checkpoint(
         assert "no checkpoint was written" in str(e.value)
     assert snapshot(tmp_path) == before
     assert signal.getsignal(signal.SIGTERM) is handler_before  # handlers restored
+
+
+def test_quality_run_stopped_by_a_signal_saves_and_skips_the_final_fid(monkeypatch):
+    """SIGTERM during the quality run's training: the checkpoint is saved (by the loop) and the
+    run ends there, instead of spending the final FID's time after the user asked to stop."""
+    import signal
+
+    from diffusion_jax import evaluate
+
+    class FakeEvaluator:
+        def periodic(self):
+            return None
+
+    def trained_until_sigterm(config, workdir, *, evaluate_fn=None, stop=None):
+        stop.reason, stop.signum = "SIGTERM", signal.SIGTERM
+        return state_lib.TrainState(step=jnp.int32(7), params={}, ema_params={}, opt_state=(),
+                                    rng=jax.random.PRNGKey(0))  # fmt: skip
+
+    def no_eval(*args, **kwargs):
+        raise AssertionError("the final FID must not run after a stop request")
+
+    monkeypatch.setattr(evaluate.Evaluator, "create", staticmethod(lambda c: FakeEvaluator()))
+    monkeypatch.setattr(train, "train_and_evaluate", trained_until_sigterm)
+    monkeypatch.setattr(evaluate, "run_eval", no_eval)
+    with pytest.raises(train.TrainingStopped, match="saved at step 7; the final FID was not"):
+        train.train_and_eval(tiny_config("unused"), "/nonexistent")

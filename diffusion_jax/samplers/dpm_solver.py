@@ -9,8 +9,10 @@ sigma = sqrt(1 - abar)):
 
 with D(l) the polynomial through the last k predictions. k = 1 is DDIM (eta = 0); 2M is the
 paper's Algorithm 2; 3M integrates the quadratic through the last three predictions exactly
-(exponential Adams-Bashforth of order 3). SDE-DPM-Solver++(2M) (the paper's appendix; diffusers'
-"sde-dpmsolver++" midpoint form) adds fresh noise every step and is second order in the mean.
+(exponential Adams-Bashforth of order 3; Lu et al.'s code and diffusers weight the D2 term of
+their 3M by half of that, which makes it second order: tests/test_dpm_solver.py).
+SDE-DPM-Solver++(2M) (the paper's appendix; diffusers' "sde-dpmsolver++", midpoint form) adds
+fresh noise every step; its first-order form is DDIM with eta = 1.
 
 Time grid (discrete-time models, trained at integer t only): ``num_steps`` distinct integer
 timesteps from T - 1 down to 0, placed uniformly in log-SNR, in t, or by Karras et al.'s rule
@@ -212,7 +214,8 @@ def dpm_solver_sample(
             x_next = x_next + ci[2 + j] * previous
         if stochastic:
             x_next = x_next + ci[4] * noise_fn()
-        return x_next, (x0, *memory[:-1]) if memory else (), x0
+        memory = (x0, *memory[:-1]) if memory else ()  # newest first
+        return x_next, memory, x0
 
     return _run_chain(
         step, shape, rng, loop_ts, record_steps, s.num_timesteps, memory=history, dtype=dtype

@@ -3,7 +3,8 @@
 - train: `train.make_train_call` (batch selection, flips, noise, loss, grads, clip, Adam, EMA)
   on a device-resident synthetic uint8 `TrainData` of the real dataset's size, so the
   per-step permutation costs what it costs in a real run; no TFDS needed.
-- sample: `sampling.make_generator` for `config.sample` settings (one compiled chain).
+- sample: `sampling.make_generator` for `config.sample` settings (one compiled chain), for
+  DDPM, DDIM and each DPM-Solver++ (`SOLVERS`).
 - fid: `fid.FeatureExtractor.features` on uint8 images (strict float32, `Precision.HIGHEST`).
 
 Every row: compile and warm up first (excluded), then `repeats` timed repeats, each ended by
@@ -27,7 +28,7 @@ from jax.sharding import Mesh
 
 from benchmarks import flops, hardware
 from benchmarks.results import Row, time_repeats
-from diffusion_jax import parallel, sampling, train
+from diffusion_jax import parallel, samplers, sampling, train
 from diffusion_jax import state as state_lib
 
 
@@ -121,6 +122,9 @@ def _init_params(config: ml_collections.ConfigDict, mesh: Mesh) -> nnx.State:
     return jax.jit(init, out_shardings=parallel.replicated(mesh))()
 
 
+SOLVERS = ("dpm++2m", "dpm++3m", "dpm++2m_sde")  # rows at --solver_steps network calls
+
+
 def bench_sample(
     name: str,
     config: ml_collections.ConfigDict,
@@ -130,9 +134,12 @@ def bench_sample(
     short_steps: int,
     repeats: int,
     e2e_repeats: int,
+    solver_steps: int = 20,
+    solvers: Sequence[str] = SOLVERS,
 ) -> list[Row]:
-    """Three rows: DDPM per step (a `short_steps` chain on a T=`short_steps` schedule: the same
-    network and update per step as T=1000), and full DDPM (T steps) and DDIM chains."""
+    """DDPM per step (a `short_steps` chain on a T=`short_steps` schedule: the same network and
+    update per step as T=1000), then full chains: DDPM (T steps), DDIM (`config.sample.num_steps`)
+    and each DPM-Solver++ of `solvers` at `solver_steps` network calls (img/s per solver)."""
     params = _init_params(config, mesh)
     key = jax.random.PRNGKey(0)
     dtype = config.model.dtype
@@ -143,12 +150,19 @@ def bench_sample(
         ("ddpm", num_t, num_t, e2e_repeats, True, f"ddpm {num_t} steps, full chain"),
         ("ddim", num_t, ddim_steps, e2e_repeats, True, f"ddim {ddim_steps} steps, full chain"),
     ]
+    k = min(solver_steps, num_t)
+    plans += [(s, num_t, k, e2e_repeats, True, f"{s} {k} calls, full chain") for s in solvers]
     rows = []
     for sampler, t, steps, reps, full, what in plans:
         if reps < 1:
             continue
         c = config.copy_and_resolve_references()
         c.sample.sampler, c.diffusion.num_timesteps = sampler, t
+        if c.sample.spacing not in samplers.spacings(sampler):
+            c.sample.spacing = "auto"  # the config's spacing is another sampler's
+        solver = sampler in samplers.DPM_SOLVERS  # a row per solver: images/s at `steps` calls
+        if solver:
+            c.sample.num_steps, c.sample.eta = steps, 0.0
         gen = sampling.make_generator(
             c, state_lib.graphdef_of(c), state_lib.build_schedule(c), mesh, batch_size=batch
         )
@@ -159,12 +173,12 @@ def bench_sample(
             dtype=dtype,
             batch=batch,
             what=what,
-            unit="img*steps/s",
-            work=batch * steps,
-            flops_per_unit=step_flops,
+            unit="img/s" if solver else "img*steps/s",
+            work=batch if solver else batch * steps,
+            flops_per_unit=step_flops * steps if solver else step_flops,
             peak_tflops=_peak(mesh, _arithmetic(dtype)),
             device=_device(mesh),
-            extra={"sampler": sampler, "steps": steps},
+            extra={"sampler": sampler, "steps": steps, "network_calls": steps},
         )
         start = time.perf_counter()
         compiled = gen.fn.lower(params, key, jnp.int32(0)).compile()

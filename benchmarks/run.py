@@ -41,6 +41,7 @@ DEFAULTS: dict[str, tuple[object, object]] = {
     "train_examples": (0, 256),
     "sample_batch": (0, 8),
     "sample_short_steps": (20, 5),
+    "solver_steps": (20, 5),
     "e2e_repeats": (1, 1),
     "fid_batch": (200, 2),
     "fid_batches": (4, 2),
@@ -65,6 +66,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--sample_batch", type=int, help="sampling batch [0: 1000 on GPUs/TPUs, 64 on CPUs]"
     )
     p.add_argument("--sample_short_steps", type=int, help="DDPM chain timed per step [20]")
+    p.add_argument(
+        "--solver_steps", type=int, help="network calls of the DPM-Solver++ sampler rows [20]"
+    )
     p.add_argument("--e2e_repeats", type=int, help="repeats of the full chains; 0 skips them [1]")
     p.add_argument("--fid_batch", type=int, help="Inception batch [200]")
     p.add_argument("--fid_batches", type=int, help="Inception batches per repeat [4]")
@@ -229,6 +233,7 @@ def run_jax(args: argparse.Namespace, configs: dict, rows: list[Row]) -> dict:
                     short_steps=args.sample_short_steps,
                     repeats=args.repeats,
                     e2e_repeats=args.e2e_repeats,
+                    solver_steps=args.solver_steps,
                 )
                 template = Row("sample", name, "jax", dtype, args.sample_batch, "", "img*steps/s")
                 _guarded(rows, template, fn)

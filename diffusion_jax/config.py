@@ -73,11 +73,16 @@ def base_config() -> ml_collections.ConfigDict:
     c.sample = s = ml_collections.ConfigDict()
     s.num_samples = 64  # --mode=sample writes this many to samples.npz
     s.batch_size = 256  # global sampling batch, split over all devices
-    s.sampler = "ddpm"  # "ddpm" (all T steps) or "ddim"
-    s.num_steps = 100  # DDIM steps (also used for the periodic grids during training)
-    s.eta = 0.0  # DDIM noise; 0 = deterministic
+    # "ddpm" (all T steps), "ddim", or DPM-Solver++ (Lu et al. 2022): "dpm++2m" (second order,
+    # the usual choice for 10-50 network calls), "dpm++3m" (third order), "dpm++2m_sde"
+    # (stochastic). diffusion_jax/samplers/ and README "Samplers".
+    s.sampler = "ddpm"
+    s.num_steps = 100  # network calls of ddim / dpm++* (DDPM previews during training: DDIM)
+    s.eta = 0.0  # DDIM noise; 0 = deterministic (must be 0 for dpm++*)
     s.variance = "fixed_small"  # DDPM variance: "fixed_small" or "fixed_large"
-    s.spacing = "uniform"  # DDIM timestep spacing: "uniform" or "quadratic"
+    # Timestep spacing. "auto": the sampler's default ("uniform" for DDIM, "logsnr" for
+    # dpm++*). DDIM: "uniform" or "quadratic"; dpm++*: "logsnr", "uniform" (in t) or "karras".
+    s.spacing = "auto"
     s.guidance = 1.0  # classifier-free guidance weight (conditional models; 1 = plain cond.)
     s.record_steps = ()  # timesteps shown in denoising.png; () = 8 evenly spaced
 

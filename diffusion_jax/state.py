@@ -195,11 +195,8 @@ def record_steps(config: ml_collections.ConfigDict, count: int = 8) -> tuple[int
     steps = tuple(int(s) for s in config.sample.record_steps)
     if steps:
         return steps
-    num_t = config.diffusion.num_timesteps
-    visited = np.arange(num_t)
-    if config.sample.sampler == "ddim":
-        visited = samplers.ddim_timesteps(num_t, config.sample.num_steps, config.sample.spacing)
-    picks = np.round(np.linspace(len(visited) - 1, 0, min(count, len(visited)))).astype(int)
+    visited = samplers.visited_timesteps(build_schedule(config), **sample_settings(config))
+    picks = np.round(np.linspace(0, len(visited) - 1, min(count, len(visited)))).astype(int)
     return tuple(dict.fromkeys(int(visited[i]) for i in picks))
 
 
@@ -362,18 +359,35 @@ def _validate(config: ml_collections.ConfigDict) -> None:
     s = config.sample
     _one_of(config, "sample.sampler", samplers.SAMPLERS)
     _one_of(config, "sample.variance", samplers.VARIANCES)
-    _one_of(config, "sample.spacing", samplers.SPACINGS)
+    spacings = ("auto", *samplers.spacings(s.sampler))
+    _check(
+        s.spacing in spacings,
+        "sample.spacing",
+        s.spacing,
+        f"is not a spacing of config.sample.sampler={s.sampler!r}; use one of {spacings}"
+        + (" (DDPM's previews run DDIM)" if s.sampler == "ddpm" else ""),
+    )
     _positive_int(config, "sample.batch_size")
     _check(s.num_samples >= 0, "sample.num_samples", s.num_samples, "must be >= 0")
     _check(s.eta >= 0, "sample.eta", s.eta, "must be >= 0")
+    _check(
+        s.eta == 0 or s.sampler in ("ddpm", "ddim"),
+        "sample.eta",
+        s.eta,
+        f"is DDIM's noise and does nothing for config.sample.sampler={s.sampler!r}; set it "
+        "to 0" + ("" if s.sampler.endswith("_sde") else " (or use sampler='dpm++2m_sde')"),
+    )
     _check(s.guidance >= 0, "sample.guidance", s.guidance, "must be >= 0")
     num_t = config.diffusion.num_timesteps
-    if s.sampler == "ddim" or t.sample_every:
+    if s.sampler != "ddpm" or t.sample_every:
+        low = samplers.min_steps(s.sampler)
+        what = "DDIM steps" if s.sampler in ("ddpm", "ddim") else "network calls"
+        order = f"; {s.sampler} is a multistep solver of order {low}" if low > 1 else ""
         _check(
-            isinstance(s.num_steps, int) and 1 <= s.num_steps <= num_t,
+            isinstance(s.num_steps, int) and low <= s.num_steps <= num_t,
             "sample.num_steps",
             s.num_steps,
-            f"must be in [1, config.diffusion.num_timesteps={num_t}] (DDIM steps)",
+            f"must be in [{low}, config.diffusion.num_timesteps={num_t}] ({what}{order})",
         )
     bad = [r for r in s.record_steps if not 0 <= int(r) < num_t]
     _check(not bad, "sample.record_steps", tuple(s.record_steps), f"must lie in [0, {num_t})")
@@ -398,13 +412,20 @@ def best_metric(config: ml_collections.ConfigDict) -> str:
 
 
 def sample_settings(config: ml_collections.ConfigDict, *, fast: bool = False) -> dict:
-    """Keyword arguments of `samplers.sample` for `config.sample` (`fast`: DDIM, for previews)."""
+    """Keyword arguments of `samplers.sample` for `config.sample`.
+
+    `fast` (previews during training): DDIM with `num_steps` in place of DDPM's T steps; the
+    few-step samplers (DDIM, DPM-Solver++) run as configured. Spacing "auto" is the sampler's
+    default (`samplers.default_spacing`).
+    """
     s = config.sample
-    sampler = "ddim" if fast else s.sampler
-    return dict(
+    sampler = "ddim" if fast and s.sampler == "ddpm" else s.sampler
+    settings = dict(
         sampler=sampler,
-        num_steps=s.num_steps if sampler == "ddim" else None,
-        eta=s.eta,
+        num_steps=None if sampler == "ddpm" else s.num_steps,
         variance=s.variance,
-        spacing=s.spacing,
+        spacing=None if s.spacing == "auto" else s.spacing,
     )
+    if sampler in ("ddpm", "ddim"):
+        settings["eta"] = s.eta
+    return settings

@@ -143,9 +143,14 @@ def test_tiny_run_end_to_end(tmp_path: Path):
         assert list(Path(r["extra"]["profile"]).rglob("*.xplane.pb"))
 
     sample = [r for r in rows if r["workload"] == "sample"]
-    assert [r["extra"]["sampler"] for r in sample] == ["ddpm", "ddpm", "ddim"]
-    assert [r["extra"]["steps"] for r in sample] == [2, 100, 10]  # tiny: T=100, 10 DDIM steps
-    assert all(r["throughput"] > 0 and r["unit"] == "img*steps/s" for r in sample)
+    solvers = ["dpm++2m", "dpm++3m", "dpm++2m_sde"]
+    assert [r["extra"]["sampler"] for r in sample] == ["ddpm", "ddpm", "ddim", *solvers]
+    # tiny: T=100, 10 DDIM steps; the solvers at --solver_steps=5 (the --tiny default)
+    assert [r["extra"]["network_calls"] for r in sample] == [2, 100, 10, 5, 5, 5]
+    assert all(r["throughput"] > 0 for r in sample)
+    assert [r["unit"] for r in sample] == ["img*steps/s"] * 3 + ["img/s"] * 3
+    for r in sample[1:]:  # full chains: images per second in the JSON
+        assert r["extra"]["images_per_s"] > 0
 
     (fid,) = [r for r in rows if r["workload"] == "fid"]
     if fid["skipped"]:

@@ -1,8 +1,9 @@
 """Image i is a function of (seed, i) alone: the same for any batch size and device count.
 
 One subprocess with 8 CPU devices draws the first images of a stream with DDPM, DDIM (eta 0
-and 1) and guided DDIM, on 1 device at batch 8 and on 8 devices at batches 8 and 16, and
-compiles the guided sampler on the 8-device mesh to count collectives in its HLO.
+and 1), guided DDIM, DPM-Solver++(2M) and guided SDE-DPM-Solver++(2M), on 1 device at batch 8
+and on 8 devices at batches 8 and 16, and compiles each sampler on the 8-device mesh to count
+collectives in its HLO.
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ SCRIPT = textwrap.dedent(
     mesh8, mesh1 = parallel.make_mesh(), parallel.make_mesh(jax.devices()[:1])
     rng = jax.random.fold_in(jax.random.PRNGKey(7), 2)
     cases = {"ddpm": ("ddpm", 0.0, None), "ddim_eta0": ("ddim", 0.0, None),
-             "ddim_eta1": ("ddim", 1.0, None), "guided": ("ddim", 1.0, 3.0)}
+             "ddim_eta1": ("ddim", 1.0, None), "guided": ("ddim", 1.0, 3.0),
+             "dpm++2m": ("dpm++2m", 0.0, None), "dpm++2m_sde_guided": ("dpm++2m_sde", 0.0, 3.0)}
     out, hlo = {}, {}
     for name, (sampler, eta, guidance) in cases.items():
         config = config_for(sampler, eta, guidance)
@@ -108,8 +110,11 @@ def drawn(tmp_path_factory):
     return out, json.loads(line[4:])
 
 
+NAMES = ["ddpm", "ddim_eta0", "ddim_eta1", "guided", "dpm++2m", "dpm++2m_sde_guided"]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["ddpm", "ddim_eta0", "ddim_eta1", "guided"])
+@pytest.mark.parametrize("name", NAMES)
 def test_images_do_not_depend_on_batch_size_or_device_count(drawn, name):
     out, _ = drawn
     ref = np.load(out / f"{name}_1dev_b8.npy")
@@ -124,7 +129,7 @@ def test_images_do_not_depend_on_batch_size_or_device_count(drawn, name):
 @pytest.mark.slow
 def test_guided_sampling_on_8_devices_has_no_collectives(drawn):
     _, hlo = drawn
-    for name in ("ddpm", "ddim_eta0", "ddim_eta1", "guided"):
+    for name in NAMES:
         assert sum(hlo[name].values()) == 0, (name, hlo[name])
     # The concatenated [x, x] layout does move data between devices: the count can fail.
     assert sum(hlo["guided_concatenated"].values()) > 0, hlo["guided_concatenated"]

@@ -130,6 +130,9 @@ def test_gaussian_oracle_recovers_the_data(kw):
         dict(sampler="ddpm", variance="fixed_large"),
         dict(sampler="ddim", num_steps=10, eta=0.0, spacing="uniform"),
         dict(sampler="ddim", num_steps=10, eta=1.0, spacing="quadratic"),
+        dict(sampler="dpm++2m", num_steps=10),
+        dict(sampler="dpm++3m", num_steps=10, spacing="karras"),
+        dict(sampler="dpm++2m_sde", num_steps=10, spacing="uniform"),
     ],
     ids=str,
 )

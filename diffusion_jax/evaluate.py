@@ -35,7 +35,7 @@ import ml_collections
 from flax import nnx
 from jax.sharding import Mesh
 
-from diffusion_jax import data, fid, parallel, sampling
+from diffusion_jax import data, fid, parallel, samplers, sampling
 from diffusion_jax import state as state_lib
 from diffusion_jax.errors import UserError
 from diffusion_jax.fid import weights as fid_weights
@@ -303,6 +303,9 @@ class Evaluator:
             "steps": _steps_of(config),
             "eta": float(config.sample.eta),
             "variance": config.sample.variance,
+            "spacing": samplers.default_spacing(config.sample.sampler)
+            if config.sample.spacing == "auto"
+            else config.sample.spacing,
             "guidance": float(config.sample.guidance) if config.model.num_classes else None,
             "protocols": list(self.protocols),
             "reference": {

@@ -389,8 +389,11 @@ def _validate(config: ml_collections.ConfigDict) -> None:
             s.num_steps,
             f"must be in [{low}, config.diffusion.num_timesteps={num_t}] ({what}{order})",
         )
-    bad = [r for r in s.record_steps if not 0 <= int(r) < num_t]
-    _check(not bad, "sample.record_steps", tuple(s.record_steps), f"must lie in [0, {num_t})")
+    steps = tuple(s.record_steps)
+    ints = all(isinstance(r, int) and not isinstance(r, bool) for r in steps)
+    _check(ints, "sample.record_steps", steps, "must be integer timesteps")
+    bad = [r for r in steps if not 0 <= r < num_t]
+    _check(not bad, "sample.record_steps", steps, f"must lie in [0, {num_t})")
     if s.guidance != 1 and not config.model.num_classes:
         raise UserError(
             f"config.sample.guidance={s.guidance} needs a class-conditional model; set "

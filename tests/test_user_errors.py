@@ -337,6 +337,7 @@ def test_compilation_cache_keeps_the_users_jax_settings(tmp_path, restore_jax_ca
         ("model", "time_emb_dim", -4, "config.model.time_emb_dim=-4"),
         ("", "seed", 2**64, "config.seed=18446744073709551616"),
         ("", "seed", -1, "config.seed=-1"),
+        ("sample", "record_steps", ("a",), "config.sample.record_steps"),
     ],
 )
 def test_config_values_that_used_to_crash_are_user_errors(section, field, value, match):

@@ -32,7 +32,7 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from diffusion_jax import data, evaluate, parallel, sampling, train, writers
+from diffusion_jax import data, editing, evaluate, parallel, sampling, train, writers
 from diffusion_jax import state as state_lib
 from diffusion_jax.errors import TrainingDivergedError, UserError
 
@@ -73,6 +73,10 @@ def _train_and_eval(config: ml_collections.ConfigDict, args: RunArgs) -> None:
     train.train_and_eval(config, args.workdir)
 
 
+def _edit(config: ml_collections.ConfigDict, args: RunArgs) -> None:
+    editing.run(config, args.workdir, checkpoint=args.checkpoint)
+
+
 TRAIN_MODES = ("train", "train_and_eval")
 MODES: dict[str, Callable[[ml_collections.ConfigDict, RunArgs], object]] = {
     "train": _train,
@@ -80,6 +84,7 @@ MODES: dict[str, Callable[[ml_collections.ConfigDict, RunArgs], object]] = {
     "eval": _eval,
     "fid_stats": _fid_stats,
     "train_and_eval": _train_and_eval,
+    "edit": _edit,
 }
 
 _CONFIG = config_flags.DEFINE_config_file(

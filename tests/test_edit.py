@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from diffusion_jax import edit, samplers
-from diffusion_jax.diffusion import make_schedule, q_sample
+from diffusion_jax.diffusion import make_schedule
 
 T = 1000
 S = make_schedule("linear", T)

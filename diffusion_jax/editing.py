@@ -517,6 +517,16 @@ def psnr_table(m: Model, levels: list[int], num_images: int) -> dict:
     }
 
 
+def psnr_markdown(table: dict) -> str:
+    """The PSNR table as Markdown: one row per t, one column per method."""
+    rows = table["psnr_db"]
+    methods = list(next(iter(rows.values())))
+    lines = ["| t | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
+    for t, vals in rows.items():
+        lines.append(f"| {t} | " + " | ".join(f"{vals[k]:.2f}" for k in methods) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _sdedit(m: Model, inp: Inputs, parsed: dict) -> Result:
     e, s = m.config.edit, m.schedule
     keys = samplers.image_keys(_stream(m.config), len(inp.x))
@@ -740,6 +750,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, checkpoint: str | No
             paths["psnr.json"] = os.path.join(out_dir, "psnr.json")
             with open(paths["psnr.json"], "w") as f:
                 json.dump(info["psnr"], f, indent=1)
+            paths["psnr.md"] = os.path.join(out_dir, "psnr.md")
+            with open(paths["psnr.md"], "w") as f:
+                f.write(psnr_markdown(info["psnr"]))
         logging.info("Wrote %s", ", ".join(paths.values()))
     parallel.sync("edit_written")
     return paths

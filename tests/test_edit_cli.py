@@ -55,7 +55,7 @@ def user_png(path, size=(50, 37), mode="RGBA"):
     "kind, extra, files",
     [
         ("denoise", {"psnr_images": 8}, ["denoise_t50.png", "forward.png", "denoise_steps.png",
-                                         "psnr.json"]),
+                                         "psnr.json", "psnr.md"]),
         ("sdedit", {"strength": (0.5, 1.0)}, ["sdedit.png"]),
         ("inpaint", {"mask": "strokes"}, ["inpaint_strokes.png"]),
         ("translate", {"targets": "1,2"}, ["translate.png"]),

@@ -164,7 +164,9 @@ def edit_figure(
         raise ValueError(f"columns have different numbers of rows: {[x.shape[0] for _, x in cols]}")
     tile = 1.0
     left = 1.1 if row_labels else 0.1
-    fig = Figure(figsize=(left + tile * len(cols) + 0.1, tile * b + 0.9 + (0.35 if title else 0)))
+    width = left + tile * len(cols) + 0.1
+    width = max(width, 0.075 * len(title) + 0.3) if title else width
+    fig = Figure(figsize=(width, tile * b + 0.9 + (0.35 if title else 0)))
     FigureCanvasAgg(fig)
     axes = fig.subplots(b, len(cols), squeeze=False)
     for k, (label, x) in enumerate(cols):

@@ -141,3 +141,103 @@ def fid_curve(records: Sequence[Mapping[str, float]], path: str) -> str:
     keys = sorted({k for r in records for k in r if k.startswith("fid_")} or {"fid"})
     series = {k: xy for k in keys if (xy := _series(records, "elapsed_s", k, 1 / 60))}
     return _line_plot(series, path, "training wall time (minutes)", "FID")
+
+
+def edit_figure(
+    path: str,
+    columns: Sequence[tuple[str, np.ndarray]],
+    *,
+    row_labels: Sequence[str] | None = None,
+    title: str | None = None,
+) -> str:
+    """Labelled columns of images (the editing figures): column k is (label, uint8 [B, H, W, C]).
+
+    Columns share B but may differ in size or channels (e.g. a user's RGB file beside the
+    model's grey input); every tile is drawn at the same display size, nearest-neighbour.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    cols = [(label, _check_uint8(x)) for label, x in columns]
+    b = cols[0][1].shape[0]
+    if any(x.shape[0] != b for _, x in cols):
+        raise ValueError(f"columns have different numbers of rows: {[x.shape[0] for _, x in cols]}")
+    tile = 1.0
+    left = 1.1 if row_labels else 0.1
+    width = left + tile * len(cols) + 0.1
+    width = max(width, 0.075 * len(title) + 0.3) if title else width
+    fig = Figure(figsize=(width, tile * b + 0.9 + (0.35 if title else 0)))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(b, len(cols), squeeze=False)
+    for k, (label, x) in enumerate(cols):
+        for r in range(b):
+            ax = axes[r, k]
+            im = x[r]
+            ax.imshow(im[..., 0] if im.shape[-1] == 1 else im, cmap="gray", vmin=0, vmax=255,
+                      interpolation="nearest")  # fmt: skip
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(label, fontsize=7)
+            if k == 0 and row_labels:
+                ax.set_ylabel(row_labels[r], fontsize=7, rotation=0, ha="right", va="center")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def hybrid_figure(
+    path: str,
+    images: np.ndarray,
+    *,
+    scales: Sequence[float] = (4, 2, 1, 0.5),
+    row_labels: Sequence[str] | None = None,
+    title: str | None = None,
+) -> str:
+    """Each image at several display sizes, pixel-exact (up close: 4x; from afar: 1x, 0.5x).
+
+    Up-scaling is nearest-neighbour, down-scaling Lanczos (what the eye does from afar), so
+    the high-frequency class dominates the large copies and the low-frequency one the small.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    x = _check_uint8(images)
+    b, h, w, c = x.shape
+    sizes = [(max(1, round(w * s)), max(1, round(h * s))) for s in scales]
+    gap, label_w = 8, 120 if row_labels else 0
+    row_h = max(sh for _, sh in sizes) + gap
+    width = label_w + sum(sw for sw, _ in sizes) + gap * (len(sizes) + 1)
+    width = max(width, 7 * len(title) + 20) if title else width
+    top = 40 if title else 16
+    canvas = np.full((top + b * row_h + gap, width, 3), 255, np.uint8)
+    for r in range(b):
+        img = Image.fromarray(x[r, ..., 0] if c == 1 else x[r]).convert("RGB")
+        xo = label_w + gap
+        y_bottom = top + r * row_h + row_h - gap
+        for (sw, sh), s in zip(sizes, scales, strict=True):
+            rs = Image.Resampling.NEAREST if s >= 1 else Image.Resampling.LANCZOS
+            canvas[y_bottom - sh : y_bottom, xo : xo + sw] = np.asarray(img.resize((sw, sh), rs))
+            xo += sw + gap
+    dpi = 100
+    fig = Figure(figsize=(width / dpi, canvas.shape[0] / dpi), dpi=dpi)
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.imshow(canvas, interpolation="nearest")
+    ax.set_axis_off()
+    if title:
+        fig.text(0.5, 1 - 12 / canvas.shape[0], title, ha="center", va="top", fontsize=9)
+    xo = label_w + gap
+    for (sw, _), s in zip(sizes, scales, strict=True):
+        fig.text((xo + sw / 2) / width, 1 - (top - 2) / canvas.shape[0], f"{s:g}x",
+                 ha="center", va="bottom", fontsize=7)  # fmt: skip
+        xo += sw + gap
+    for r, label in enumerate(row_labels or ()):
+        y = top + r * row_h + row_h / 2
+        fig.text(4 / width, 1 - y / canvas.shape[0], label, ha="left", va="center", fontsize=8)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    return path

@@ -1,6 +1,6 @@
 """Entry point: `python -m diffusion_jax.main --config=configs/<name>.py --workdir=DIR`.
 
-    --mode=train (default) | sample | eval | fid_stats | train_and_eval | eval_watch
+    --mode=train (default) | sample | eval | fid_stats | train_and_eval | eval_watch | edit
     --watch_timeout=S      eval_watch: exit after S seconds without a new checkpoint
     --config.a.b=value     overrides any config field (see diffusion_jax/config.py)
     --checkpoint=N|best    which checkpoint sample/eval read (default: the latest)
@@ -33,7 +33,7 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from diffusion_jax import data, evaluate, parallel, sampling, train, watch, writers
+from diffusion_jax import data, editing, evaluate, parallel, sampling, train, watch, writers
 from diffusion_jax import state as state_lib
 from diffusion_jax.errors import TrainingDivergedError, UserError
 
@@ -78,6 +78,10 @@ def _eval_watch(config: ml_collections.ConfigDict, args: RunArgs) -> None:
     watch.run_watch(config, args.workdir, timeout_s=FLAGS.watch_timeout)
 
 
+def _edit(config: ml_collections.ConfigDict, args: RunArgs) -> None:
+    editing.run(config, args.workdir, checkpoint=args.checkpoint)
+
+
 TRAIN_MODES = ("train", "train_and_eval")
 MODES: dict[str, Callable[[ml_collections.ConfigDict, RunArgs], object]] = {
     "train": _train,
@@ -86,6 +90,7 @@ MODES: dict[str, Callable[[ml_collections.ConfigDict, RunArgs], object]] = {
     "fid_stats": _fid_stats,
     "train_and_eval": _train_and_eval,
     "eval_watch": _eval_watch,
+    "edit": _edit,
 }
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -188,6 +193,8 @@ def check_data(config: ml_collections.ConfigDict, mode: str) -> None:
             splits.add(config.fid.ref_split)
         if mode in (*TRAIN_MODES, "eval_watch") and config.train.heldout_examples:
             splits.add("test")  # the held-out loss's images
+        if mode == "edit" and not str(config.edit.images).strip():
+            splits.add(config.edit.split)  # dataset images by index
         dataset, data_dir = d.dataset, d.data_dir
     except (AttributeError, KeyError):
         return
@@ -310,7 +317,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
         else:
             print(f"error: {e}", file=sys.stderr)
         print("Usage: python -m diffusion_jax.main --config=configs/<name>.py --workdir=DIR "
-              "[--mode=train|sample] [--config.a.b=value ...]", file=sys.stderr)  # fmt: skip
+              f"[--mode={'|'.join(MODES)}] [--config.a.b=value ...]", file=sys.stderr)  # fmt: skip
         sys.exit(EXIT_USER_ERROR)
 
 

@@ -186,6 +186,7 @@ class Checkpoints:
         if step in self.all_steps():
             return False
         args = self._save_args(state, meta)
+        self._finish_other(self._best, self.best_dir)
         return self._guarded(
             self._latest, self.latest_dir, step, lambda: self._latest.save(step, args=args)
         )
@@ -207,9 +208,20 @@ class Checkpoints:
             return False
         self._best_seen[metric] = float(value)
         args = self._save_args(state, meta)
+        self._finish_other(self._latest, self.latest_dir)
         return self._guarded(
             self._best, self.best_dir, step, lambda: self._best.save(step, args=args)
         )
+
+    def _finish_other(self, manager: ocp.CheckpointManager | None, directory: str) -> None:
+        """Multi-process: let the other manager's async save finish before this one starts.
+
+        Orbax names its cross-process commit barrier after the step only
+        (`_async_write_complete.<step>`), so the latest and the best manager saving the same
+        step at once collide ("Barrier ... is already ongoing") and the run hangs at exit.
+        """
+        if manager is not None and jax.process_count() > 1:
+            self._guarded(manager, directory, None, manager.wait_until_finished)
 
     @staticmethod
     def _save_args(state: Any, meta: Mapping[str, Any]) -> ocp.args.Composite:

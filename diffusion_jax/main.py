@@ -193,8 +193,6 @@ def check_data(config: ml_collections.ConfigDict, mode: str) -> None:
             splits.add(config.fid.ref_split)
         if mode in (*TRAIN_MODES, "eval_watch") and config.train.heldout_examples:
             splits.add("test")  # the held-out loss's images
-        if mode == "edit" and not str(config.edit.images).strip():
-            splits.add(config.edit.split)  # dataset images by index
         dataset, data_dir = d.dataset, d.data_dir
     except (AttributeError, KeyError):
         return

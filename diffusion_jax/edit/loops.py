@@ -27,8 +27,6 @@ from diffusion_jax import samplers
 from diffusion_jax.diffusion import (
     DenoiseFn,
     Schedule,
-    predict_eps_from_x0,
-    predict_x0_from_eps,
     q_sample,
 )
 
@@ -87,18 +85,10 @@ def denoise_step(
     eta: float = 1.0,
     clip_denoised: bool = True,
 ) -> tuple[jax.Array, jax.Array]:
-    """One step x_t -> x_t' (module doc); returns (x_t', x0_hat)."""
-    tb = jnp.full(x.shape[:1], t, jnp.int32)
-    eps = denoise_fn(x, tb).astype(jnp.float32)
-    x0 = predict_x0_from_eps(schedule, x, tb, eps)
-    if clip_denoised:
-        x0 = jnp.clip(x0, -1.0, 1.0)
-        eps = predict_eps_from_x0(schedule, x, tb, x0)
-    a, one_minus_a = abar(schedule, t)
-    a_next, one_minus_a_next = abar(schedule, t_next)
-    sigma = eta * jnp.sqrt(one_minus_a_next / one_minus_a * (1.0 - a / a_next))
-    direction = jnp.sqrt(jnp.maximum(one_minus_a_next - sigma**2, 0.0)) * eps
-    return jnp.sqrt(a_next) * x0 + direction + sigma * noise, x0
+    """One step x_t -> x_t' (module doc; `samplers.ddim_step`); returns (x_t', x0_hat)."""
+    return samplers.ddim_step(
+        denoise_fn, schedule, x, t, t_next, lambda: noise, eta=eta, clip_denoised=clip_denoised
+    )
 
 
 def noised_known(schedule: Schedule, known: jax.Array, t_next: jax.Array, noise) -> jax.Array:

@@ -19,7 +19,7 @@ import numpy as np
 
 from diffusion_jax.diffusion import DenoiseFn, Schedule
 from diffusion_jax.samplers.chain import SampleOutput, image_keys
-from diffusion_jax.samplers.ddim import SPACINGS, ddim_sample, ddim_timesteps
+from diffusion_jax.samplers.ddim import SPACINGS, ddim_sample, ddim_step, ddim_timesteps
 from diffusion_jax.samplers.ddpm import VARIANCES, ddpm_sample
 from diffusion_jax.samplers.dpm_solver import (
     DPM_SPACINGS,
@@ -35,6 +35,7 @@ SAMPLERS = ("ddpm", "ddim", *DPM_SOLVERS)
 DEFAULT_STEPS = {"ddim": 100, **dict.fromkeys(DPM_SOLVERS, 20)}  # capped at T
 
 __all__ = [
+    "ddim_step",
     "DEFAULT_STEPS",
     "DPM_SOLVERS",
     "DPM_SPACINGS",

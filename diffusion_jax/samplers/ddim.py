@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -38,6 +38,42 @@ def ddim_timesteps(num_timesteps: int, num_steps: int, spacing: str = "uniform")
     raise ValueError(f"unknown spacing={spacing!r} for DDIM; use one of {SPACINGS}")
 
 
+def ddim_step(
+    denoise_fn: DenoiseFn,
+    schedule: Schedule,
+    x: jax.Array,
+    t: jax.Array,
+    t_next: jax.Array,
+    noise_fn: Callable[[], jax.Array],
+    *,
+    eta: float = 0.0,
+    clip_denoised: bool = True,
+    dtype=jnp.float32,
+) -> tuple[jax.Array, jax.Array]:
+    """One DDIM step x_t -> x_{t_next} (t_next = -1 stands for x_0, alpha_bar = 1); returns
+    (x_next, x0_pred). ``eta = 1`` is the ancestral step over the pair; ``noise_fn()`` draws
+    the per-image noise (not called when eta is a static 0). Shared with `diffusion_jax.edit`.
+    """
+    s = schedule
+    tb = jnp.full(x.shape[:1], t, jnp.int32)
+    eps = denoise_fn(x, tb).astype(dtype)
+    x0 = predict_x0_from_eps(s, x, tb, eps)
+    if clip_denoised:
+        x0 = jnp.clip(x0, -1.0, 1.0)
+        eps = predict_eps_from_x0(s, x, tb, x0)
+    # 1 - alpha_bar from the float64-derived table: no float32 cancellation near t = 0.
+    a, one_minus_a = s.alphas_cumprod[t], s.sqrt_one_minus_alphas_cumprod[t] ** 2
+    tn, last = jnp.maximum(t_next, 0), t_next < 0
+    a_next = jnp.where(last, 1.0, s.alphas_cumprod[tn])
+    one_minus_a_next = jnp.where(last, 0.0, s.sqrt_one_minus_alphas_cumprod[tn] ** 2)
+    sigma = eta * jnp.sqrt(one_minus_a_next / one_minus_a * (1.0 - a / a_next))
+    direction = jnp.sqrt(jnp.maximum(one_minus_a_next - sigma**2, 0.0)) * eps
+    x_next = jnp.sqrt(a_next) * x0 + direction
+    if not (isinstance(eta, (int, float)) and eta == 0):  # eta = 0 draws no noise
+        x_next = x_next + sigma * noise_fn()
+    return x_next, x0
+
+
 def ddim_sample(
     denoise_fn: DenoiseFn,
     schedule: Schedule,
@@ -66,23 +102,10 @@ def ddim_sample(
     dtype = chain_dtype(s)
 
     def step(i, x, memory, noise_fn):
-        t, t_next = t_arr[i], next_arr[i]
-        tb = jnp.full(shape[:1], t, jnp.int32)
-        eps = denoise_fn(x, tb).astype(dtype)
-        x0 = predict_x0_from_eps(s, x, tb, eps)
-        if clip_denoised:
-            x0 = jnp.clip(x0, -1.0, 1.0)
-            eps = predict_eps_from_x0(s, x, tb, x0)
-        # 1 - alpha_bar from the float64-derived table: no float32 cancellation near t = 0.
-        a, one_minus_a = s.alphas_cumprod[t], s.sqrt_one_minus_alphas_cumprod[t] ** 2
-        tn, last = jnp.maximum(t_next, 0), t_next < 0
-        a_next = jnp.where(last, 1.0, s.alphas_cumprod[tn])
-        one_minus_a_next = jnp.where(last, 0.0, s.sqrt_one_minus_alphas_cumprod[tn] ** 2)
-        sigma = eta * jnp.sqrt(one_minus_a_next / one_minus_a * (1.0 - a / a_next))
-        direction = jnp.sqrt(jnp.maximum(one_minus_a_next - sigma**2, 0.0)) * eps
-        x_next = jnp.sqrt(a_next) * x0 + direction
-        if not (isinstance(eta, (int, float)) and eta == 0):  # eta = 0 draws no noise
-            x_next = x_next + sigma * noise_fn()
+        x_next, x0 = ddim_step(
+            denoise_fn, s, x, t_arr[i], next_arr[i], noise_fn,
+            eta=eta, clip_denoised=clip_denoised, dtype=dtype,
+        )  # fmt: skip
         return x_next, memory, x0
 
     return _run_chain(step, shape, rng, loop_ts, record_steps, num_t, dtype=dtype)

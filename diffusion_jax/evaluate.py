@@ -354,14 +354,19 @@ def record_path(workdir: str, step: int) -> Path:
     return Path(workdir) / OUTPUT_DIR / f"fid_{step}.json"
 
 
-def write_record(workdir: str, record: dict) -> Path:
-    """Writes `record` to `record_path` atomically (a reader never sees half a file)."""
-    path = record_path(workdir, record["checkpoint_step"])
+def write_json(path: str | os.PathLike, record: dict) -> Path:
+    """Writes `record` as JSON atomically (temp file + rename: a reader never sees half)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(record, indent=2) + "\n")
     os.replace(tmp, path)
     return path
+
+
+def write_record(workdir: str, record: dict) -> Path:
+    """Writes `record` to `record_path` atomically."""
+    return write_json(record_path(workdir, record["checkpoint_step"]), record)
 
 
 def run_eval(

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import json
 import logging
 import math
 import os
@@ -552,11 +551,7 @@ def train_and_eval(config: ml_collections.ConfigDict, workdir: str) -> dict:
         total_wall_s=round(time.monotonic() - started, 2),
     )
     if parallel.is_main_process():
-        path = os.path.join(workdir, QUALITY_FILE)
-        with open(f"{path}.tmp-{os.getpid()}", "w") as f:  # atomic: never half a record
-            json.dump(record, f, indent=2)
-            f.write("\n")
-        os.replace(f"{path}.tmp-{os.getpid()}", path)
+        evaluate.write_json(os.path.join(workdir, QUALITY_FILE), record)
         records = writers.read_metrics(os.path.join(workdir, writers.METRICS_FILE))
         if any("fid" in r for r in records):
             images.fid_curve(records, os.path.join(workdir, "fid_vs_time.png"))

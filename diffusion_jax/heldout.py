@@ -86,7 +86,7 @@ def make_heldout_loss(
             t = jnp.full((n,), grid[j], jnp.int32)
             keys = samplers.image_keys(jax.random.fold_in(key, j), n)
             keys = jax.lax.with_sharding_constraint(keys, split)
-            noise = jax.vmap(lambda k: jax.random.normal(k, noise_shape[1:], jnp.float32))(keys)
+            noise = samplers.image_normal(keys, noise_shape)
 
             def eps_fn(x_t, t):
                 return diffusion.eps_from_output(schedule, x_t, t, model(x_t, t, y), prediction)

@@ -40,7 +40,7 @@ def normal(keys: jax.Array, shape: Sequence[int], stream: int, i=None) -> jax.Ar
     k = _fold(keys, stream)
     if i is not None:
         k = _fold(k, i)
-    return jax.vmap(lambda kk: jax.random.normal(kk, tuple(shape[1:]), jnp.float32))(k)
+    return samplers.image_normal(k, tuple(shape))
 
 
 def check_keys(keys: jax.Array, batch: int) -> None:

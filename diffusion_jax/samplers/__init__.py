@@ -18,7 +18,7 @@ import jax
 import numpy as np
 
 from diffusion_jax.diffusion import DenoiseFn, Schedule
-from diffusion_jax.samplers.chain import SampleOutput, image_keys
+from diffusion_jax.samplers.chain import SampleOutput, image_keys, image_normal
 from diffusion_jax.samplers.ddim import SPACINGS, ddim_sample, ddim_step, ddim_timesteps
 from diffusion_jax.samplers.ddpm import VARIANCES, ddpm_sample
 from diffusion_jax.samplers.dpm_solver import (
@@ -35,6 +35,7 @@ SAMPLERS = ("ddpm", "ddim", *DPM_SOLVERS)
 DEFAULT_STEPS = {"ddim": 100, **dict.fromkeys(DPM_SOLVERS, 20)}  # capped at T
 
 __all__ = [
+    "image_normal",
     "ddim_step",
     "DEFAULT_STEPS",
     "DPM_SOLVERS",

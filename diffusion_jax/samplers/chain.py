@@ -72,7 +72,7 @@ def _is_key_batch(rng: jax.Array, batch: int) -> bool:
     return rng.ndim == 2 and rng.shape[0] == batch
 
 
-def _normal(keys: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+def image_normal(keys: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     """One N(0, I) draw of `shape[1:]` per key: row i comes from keys[i] alone."""
     return jax.vmap(lambda k: jax.random.normal(k, shape[1:], jnp.float32))(keys)
 
@@ -114,11 +114,11 @@ def _run_chain(
     plan = _record_plan(loop_ts, record_steps, num_timesteps) if len(record_steps) else None
     keys = rng if _is_key_batch(rng, shape[0]) else image_keys(rng, shape[0])
     fold = jax.vmap(jax.random.fold_in, in_axes=(0, None))
-    x_init = _normal(fold(keys, 0), shape).astype(dtype)
+    x_init = image_normal(fold(keys, 0), shape).astype(dtype)
     loop_keys = fold(keys, 1)
 
     def noise_at(i) -> NoiseFn:
-        return lambda: _normal(fold(loop_keys, i), shape).astype(dtype)
+        return lambda: image_normal(fold(loop_keys, i), shape).astype(dtype)
 
     if plan is None:
 

@@ -453,3 +453,11 @@ def test_validate_rejects_other_image_sizes_and_bad_vae_gan_settings():
     config.vae_gan.disc_widths = (0,)
     with pytest.raises(UserError, match="config.vae_gan.disc_widths"):
         vae_gan.validate(config)
+
+
+def test_train_rng_is_ddpms_so_every_method_sees_the_same_batches(tiny_vae, tiny_vae_gan):
+    # state.rng = split(PRNGKey(seed))[1], as DDPM's `state._init_state`: batches.select_batch
+    # with fold_in(rng, DATA_STREAM) then picks the same images for each method of a seed.
+    want = np.asarray(jax.random.split(jax.random.PRNGKey(tiny_vae[0].seed))[1])
+    np.testing.assert_array_equal(tiny_vae[2].rng, want)
+    np.testing.assert_array_equal(tiny_vae_gan[2].rng, want)

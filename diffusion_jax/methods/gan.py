@@ -396,9 +396,17 @@ def sample_latents(keys: jax.Array, latent_dim: int) -> jax.Array:
     return samplers.image_normal(sub, (keys.shape[0], latent_dim))
 
 
-def sampler(config: ml_collections.ConfigDict, static: Nets) -> SampleFn:
+def sampler(
+    config: ml_collections.ConfigDict,
+    static: Nets,
+    *,
+    fast: bool = False,
+    batch_sharding: jax.sharding.Sharding | None = None,
+) -> SampleFn:
     """fn(ema_params, keys, labels) -> images [B, H, W, C] in [-1, 1]: G in eval mode (running
-    statistics) on z_i from keys[i]; labels are ignored (the GANs are unconditional)."""
+    statistics) on z_i from keys[i]; labels are ignored (the GANs are unconditional). One
+    network call: `fast` and `batch_sharding` change nothing."""
+    del fast, batch_sharding
     latent_dim = config.gan.latent_dim
 
     def sample(ema_params: dict, keys: jax.Array, labels: jax.Array | None = None) -> jax.Array:

@@ -25,7 +25,8 @@ With beta = 1 the loss is the negative ELBO (in nats, up to the "mse" constant).
 z ~ N(0, I), z_i = normal(fold_in(keys[i], 0)), so image i depends only on its key. The held-out
 loss (`heldout`, logged at each checkpoint) is this loss on the first
 `config.train.heldout_examples` test images with one fixed noise draw per image: deterministic,
-low-variance, and it picks `workdir/best` when no periodic FID runs.
+low-variance, and it picks `workdir/best` when no periodic FID runs (the training loss when
+`heldout_examples` is 0).
 
 `methods/vae_gan.py` reuses the encoder, decoder, losses and helpers of this module.
 """
@@ -371,7 +372,16 @@ def decoder_sampler(graphdef: nnx.GraphDef, latent_dim: int) -> SampleFn:
     return sample
 
 
-def sampler(config: ml_collections.ConfigDict, static: nnx.GraphDef) -> SampleFn:
+def sampler(
+    config: ml_collections.ConfigDict,
+    static: nnx.GraphDef,
+    *,
+    fast: bool = False,
+    batch_sharding: jax.sharding.Sharding | None = None,
+) -> SampleFn:
+    """The decoder on prior draws (one network call: `fast` and `batch_sharding` change
+    nothing)."""
+    del fast, batch_sharding
     return decoder_sampler(static, int(config.vae.latent_dim))
 
 
@@ -463,6 +473,6 @@ METHODS = {
         train_step=train_step,
         sampler=sampler,
         heldout=heldout,
-        best_metric="heldout_loss",
+        best_metric="loss",  # "auto" picks heldout_loss when heldout_examples > 0
     )
 }

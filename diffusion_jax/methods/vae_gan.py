@@ -237,7 +237,15 @@ def train_step(
     return new_state, metrics
 
 
-def sampler(config: ml_collections.ConfigDict, static: Static) -> SampleFn:
+def sampler(
+    config: ml_collections.ConfigDict,
+    static: Static,
+    *,
+    fast: bool = False,
+    batch_sharding: jax.sharding.Sharding | None = None,
+) -> SampleFn:
+    """The decoder on prior draws, as the VAE's (`fast`, `batch_sharding` change nothing)."""
+    del fast, batch_sharding
     return vae.decoder_sampler(static.vae, int(config.vae_gan.latent_dim))
 
 
@@ -260,6 +268,6 @@ METHODS = {
         train_step=train_step,
         sampler=sampler,
         heldout=heldout,
-        best_metric="heldout_loss",
+        best_metric="loss",  # "auto" picks heldout_loss when heldout_examples > 0
     )
 }

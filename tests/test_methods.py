@@ -24,6 +24,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 TINY = {
     "gan": ("test_gan", "tiny_config_mlp"),
     "dcgan": ("test_gan", "tiny_config"),
+    "vae": ("test_vae", "tiny_config"),
+    "vae_gan": ("test_vae", "tiny_config_vae_gan"),
 }
 
 

@@ -22,9 +22,6 @@ def get_config():
     c.data.image_size = 28
     c.data.channels = 1
     c.data.random_flip = False
-    # config.model is DDPM's and unused here; a 28x28-compatible network keeps it valid for the
-    # config-wide checks (state.validate_config) until they dispatch on config.method.
-    c.model.arch = "course"
 
     t = c.train
     t.batch_size = BATCH

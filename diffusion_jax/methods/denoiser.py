@@ -222,7 +222,13 @@ def train_step(
     return new_state, metrics
 
 
-def sampler(config: ml_collections.ConfigDict, static: Any):
+def sampler(
+    config: ml_collections.ConfigDict,
+    static: Any,
+    *,
+    fast: bool = False,
+    batch_sharding: jax.sharding.Sharding | None = None,
+):
     """The denoiser makes no images from noise alone: there is nothing to sample."""
     raise UserError(
         "config.method='denoiser' does not generate images (it maps a noisy digit to a clean "

@@ -26,8 +26,13 @@ def base_config() -> ml_collections.ConfigDict:
     d.random_flip = False  # horizontal flips, drawn per example per step on device
     d.num_shards = 0  # data shards (see DESIGN.md "Data order"); 0 = number of processes
 
-    # Exactly the `model.UNet` keyword arguments except image_size, in_channels and rngs.
+    # arch "unet": exactly the `model.UNet` keyword arguments except image_size, in_channels and
+    # rngs. arch "course": `course_unet.CourseUNet` (28x28 only), which reads course_hidden,
+    # course_groups, num_classes and dtype (and T from config.diffusion); the rest is unused.
     c.model = m = ml_collections.ConfigDict()
+    m.arch = "unet"  # "unet" (Ho et al.'s U-Net) or "course" (the CS180/280A course's MNIST U-Net)
+    m.course_hidden = 64  # arch "course": D, the width (D, 2D at 7x7)
+    m.course_groups = 8  # arch "course": GroupNorm groups (in place of the course's BatchNorm)
     m.ch = 128
     m.ch_mult = (1, 2, 2, 2)
     m.num_res_blocks = 2

@@ -17,6 +17,7 @@ import optax
 from flax import nnx
 
 from diffusion_jax import data, diffusion, samplers
+from diffusion_jax.course_unet import IMAGE_SIZE, CourseUNet
 from diffusion_jax.errors import UserError
 from diffusion_jax.model import UNet
 
@@ -36,9 +37,39 @@ class TrainState:
     rng: jax.Array  # raw uint32[2] PRNG key
 
 
-def build_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> UNet:
-    """The U-Net of `config.model` for `config.data`'s image size and channels."""
-    kwargs = config.model.to_dict()
+def build_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> UNet | CourseUNet:
+    """The network of `config.model` for `config.data`'s image size and channels.
+
+    `config.model.arch`: "unet" is Ho et al.'s `model.UNet`; "course" is the CS180/280A course's
+    28x28 U-Net (`course_unet.CourseUNet`, GroupNorm, conditioned on t / (T - 1) and on classes
+    when `num_classes > 0`), width `course_hidden`.
+    """
+    m = config.model
+    arch = m.get("arch", "unet")  # configs saved before the setting existed are U-Nets
+    _check(arch in ("unet", "course"), "model.arch", arch, "is not one of ('unet', 'course')")
+    if arch == "course":
+        _positive_int(config, "model.course_hidden")
+        _positive_int(config, "model.course_groups")
+        size = config.data.image_size
+        need = f"must be {IMAGE_SIZE} for config.model.arch='course' (the course's MNIST U-Net)"
+        _check(size == IMAGE_SIZE, "data.image_size", size, need)
+        try:
+            return CourseUNet(
+                image_size=size,
+                in_channels=config.data.channels,
+                hidden=m.course_hidden,
+                num_timesteps=config.diffusion.num_timesteps,
+                num_classes=m.num_classes,
+                norm="group",
+                num_groups=m.course_groups,
+                dtype=m.dtype,
+                rngs=rngs,
+            )
+        except ValueError as e:
+            raise UserError(f"config.model (arch='course') does not build a U-Net: {e}") from e
+    kwargs = m.to_dict()
+    for name in ("arch", "course_hidden", "course_groups"):  # CourseUNet's settings
+        kwargs.pop(name, None)
     kwargs["ch_mult"] = tuple(kwargs["ch_mult"])
     kwargs["attn_resolutions"] = tuple(kwargs["attn_resolutions"])
     try:

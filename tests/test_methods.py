@@ -26,6 +26,7 @@ TINY = {
     "dcgan": ("test_gan", "tiny_config"),
     "vae": ("test_vae", "tiny_config"),
     "vae_gan": ("test_vae", "tiny_config_vae_gan"),
+    "denoiser": ("test_denoiser", "tiny_config"),
 }
 
 
@@ -82,6 +83,10 @@ def test_resume_is_bit_exact(method, tiny_mnist_dir, tmp_path):
     params, step = sampling.load_ema_params(config, str(tmp_path / "straight"), mesh)
     assert step == 6
     _assert_same(params, straight.ema_params)
+    if not methods.get(config).generates:  # --mode=sample writes the method's report instead
+        paths = sampling.run(config, str(tmp_path / "straight"))
+        assert paths and all(Path(p).is_file() for p in paths.values() if isinstance(p, str))
+        return
     static, _ = methods.abstract_state(config)
     rng = jax.random.PRNGKey(3)
     big = sampling.generate_all(sampling.make_generator(config, static, mesh, batch_size=8),

@@ -132,9 +132,9 @@ def test_output_ema_is_the_originals_recursion(smooth_run):
         best = np.where(better[:, None, None, None], ema, best)
         best_psnr, best_step = np.where(better, p, best_psnr), np.where(better, n, best_step)
         if n in (2, 10, 60):
-            np.testing.assert_allclose(states[n - 1].out_ema, ema, atol=1e-5)
+            np.testing.assert_allclose(states[n - 1].out_ema["outputs"], ema, atol=1e-5)
     final = jax.device_get(states[-1])
-    np.testing.assert_array_equal(final.ema_params["restored"], final.out_ema)
+    np.testing.assert_array_equal(final.ema_params["restored"], final.out_ema["outputs"])
     np.testing.assert_allclose(final.ema_params["best"], best, atol=1e-5)
     np.testing.assert_array_equal(final.ema_params["best_step"], best_step)
     np.testing.assert_allclose(final.ema_params["best_psnr"], best_psnr, atol=1e-3)
@@ -171,7 +171,7 @@ def test_images_are_optimised_independently():
     for s, a, o in zip(states, alone, other, strict=True):
         # K = 3 and K = 1 run different matmul kernels: float32 rounding apart, nothing more
         np.testing.assert_allclose(s.ema_params["last"][1], a.ema_params["last"][0], atol=2e-5)
-        np.testing.assert_allclose(s.out_ema[1], a.out_ema[0], atol=2e-5)
+        np.testing.assert_allclose(s.out_ema["outputs"][1], a.out_ema["outputs"][0], atol=2e-5)
         np.testing.assert_array_equal(s.ema_params["last"][:2], o.ema_params["last"][:2])
     # image 2 itself did change (its first output, before any update, is the same)
     assert not np.allclose(states[-1].ema_params["last"][2], other[-1].ema_params["last"][2])
@@ -196,7 +196,7 @@ def test_network_shapes_and_upsampling():
         np.testing.assert_allclose(dip.upsample2(x, mode), ref, atol=1e-6)
     c = from_sibling(str(CONFIGS / "dip.py"), "dip")  # 28 -> 14 -> 7 -> 4 px and back (crop)
     graphdef, state = jax.eval_shape(lambda: dip.init_state(c))
-    assert state.out_ema.shape == (8, 28, 28, 1)
+    assert state.out_ema["outputs"].shape == (8, 28, 28, 1)
     out = jax.eval_shape(lambda p, z: dip.apply(graphdef, p, z), state.params,
                          jax.ShapeDtypeStruct((8, 28, 28, 32), jnp.float32))  # fmt: skip
     assert out.shape == (8, 28, 28, 1)

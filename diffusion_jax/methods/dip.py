@@ -11,7 +11,8 @@ notebook: z_j ~ U[0, 1) * 0.1 with `input_channels` channels, re-perturbed at ev
 `reg_noise_std` * N(0, 1) (1/30), Adam lr 0.01 (`config.train.lr`), sigma = 25/255, the noisy
 target clipped to the pixel range, and the reported output the running average of the outputs
 with weight 0.99 (the original's `exp_weight`): `out_ema <- 0.99 out_ema + 0.01 out`, starting
-at the first output. That output EMA is `state.out_ema`; DIP keeps no EMA of the parameters.
+at the first output. That output EMA is `state.out_ema["outputs"]`; DIP keeps no EMA of the
+parameters.
 
 Pixel units. The original works on [0, 1] pixels; this pipeline's model space is [-1, 1]
 (x_model = 2 x_01 - 1). `noise_sigma` is on the 0-255 scale (25 -> 25/255 = 0.098 in [0, 1]
@@ -344,7 +345,9 @@ class DipState:
     rng: jax.Array  # raw uint32[2]: step n's input perturbation from step_keys(rng, n)
     params: nnx.State  # K networks' parameters, stacked on a leading axis of size K
     opt_state: optax.OptState
-    out_ema: jax.Array  # float32 [K, H, W, C], model space: the output EMA (exp_weight)
+    # {"outputs": float32 [K, H, W, C]}, model space: the output EMA (exp_weight); a dict since
+    # each state field is checkpointed as an Orbax pytree item (a bare array is refused)
+    out_ema: dict
     # what `report` (and --mode=sample) reads: clean, noisy (the targets), restored (= out_ema),
     # last (the newest output), best (the out_ema of highest PSNR to the clean image, an oracle
     # choice), best_psnr [K], best_step [K] (the iteration that reached it: 1-based, the step
@@ -464,7 +467,7 @@ def init_state(config: ml_collections.ConfigDict) -> tuple[nnx.GraphDef, DipStat
         rng=jax.random.fold_in(root, TRAIN_STREAM),
         params=params,
         opt_state=build_optimizer(config).init(params),
-        out_ema=zeros,
+        out_ema={"outputs": zeros},
         ema_params={
             "clean": zeros,
             "noisy": zeros,
@@ -538,7 +541,7 @@ def train_step(
 
     out = jax.lax.stop_gradient(out)
     w = jnp.float32(d.exp_weight)
-    out_ema = jnp.where(step == 0, out, w * state.out_ema + (1.0 - w) * out)
+    out_ema = jnp.where(step == 0, out, w * state.out_ema["outputs"] + (1.0 - w) * out)
     p_out, p_ema, p_noisy = psnr(out, clean), psnr(out_ema, clean), psnr(noisy, clean)
     e = state.ema_params
     better = p_ema > e["best_psnr"]
@@ -561,7 +564,11 @@ def train_step(
     }
     metrics = {k: v.astype(jnp.float32) for k, v in metrics.items()}
     new_state = state.replace(
-        step=step + 1, params=params, opt_state=opt_state, out_ema=out_ema, ema_params=ema_params
+        step=step + 1,
+        params=params,
+        opt_state=opt_state,
+        out_ema={"outputs": out_ema},
+        ema_params=ema_params,
     )
     return new_state, metrics
 
@@ -612,7 +619,7 @@ def psnr_curve(records: Sequence[dict], path: str, psnr_noisy: float | None = No
     ax = fig.add_subplot(1, 1, 1)
     for label, (x, y) in series.items():
         ax.plot(x, y, label=label)
-    for label, (x, y), marker in zip(series, series.values(), ("C0*", "C1*"), strict=False):
+    for (x, y), marker in zip(series.values(), ("C0*", "C1*"), strict=False):
         k = int(np.argmax(y))
         ax.plot([x[k]], [y[k]], marker, ms=10, label=f"peak {y[k]:.2f} dB at step {int(x[k])}")
     if psnr_noisy is not None:

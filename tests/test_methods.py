@@ -27,6 +27,7 @@ TINY = {
     "vae": ("test_vae", "tiny_config"),
     "vae_gan": ("test_vae", "tiny_config_vae_gan"),
     "denoiser": ("test_denoiser", "tiny_config"),
+    "dip": ("test_dip", "tiny_config"),
 }
 
 

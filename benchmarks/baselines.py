@@ -58,6 +58,7 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=500)
     p.add_argument("--ref", type=int, default=1000)
     p.add_argument("--data_dir", default=None)
+    p.add_argument("--figures", default=None, help="folder for training-curve PNGs")
     args = p.parse_args()
     runs = json.loads(Path(args.runs).read_text())
     mesh = parallel.make_mesh()
@@ -126,10 +127,25 @@ def main() -> None:
             "sample_img_per_s": round(args.samples / sample_s, 1),
             "last_metrics": {k: round(v, 4) for k, v in last.items() if isinstance(v, float)},
         }
+        if args.figures:
+            record["figures"] = _curves(metrics, Path(args.figures), run["name"])
         out["runs"][run["name"]] = record
         print(run["name"], record["fid"], record["sample_img_per_s"], "img/s", flush=True)
         Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
         np.save(Path(run["workdir"]) / "baseline_samples.npy", x[:64])
+
+
+def _curves(records: list[dict], folder: Path, name: str) -> list[str]:
+    """Training curves from metrics.jsonl: every `*loss`, and a GAN's D(x), D(G(z)) (and the
+    VAE-GAN's D of reconstructions)."""
+    from diffusion_jax import images
+
+    keys = sorted({k for r in records for k in r if k == "loss" or k.endswith("_loss")})
+    paths = [images.loss_curve(records, str(folder / f"{name}_loss.png"), keys=keys)]
+    d_keys = [k for k in ("d_real", "d_recon", "d_fake") if any(k in r for r in records)]
+    if d_keys:
+        paths.append(images.loss_curve(records, str(folder / f"{name}_d.png"), keys=d_keys))
+    return paths
 
 
 def _num_params(config) -> dict[str, int]:

@@ -94,7 +94,7 @@ def bench_train(
         mesh, num_examples, config.data.image_size, config.data.channels
     )
     graphdef, state = state_lib.init_train_state(config, parallel.replicated(mesh))
-    call = train.make_train_call(config, graphdef, state_lib.build_schedule(config), mesh)
+    call = train.make_train_call(config, graphdef, mesh)
 
     def run_calls(n: int):
         nonlocal state
@@ -163,9 +163,7 @@ def bench_sample(
         solver = sampler in samplers.DPM_SOLVERS  # a row per solver: images/s at `steps` calls
         if solver:
             c.sample.num_steps, c.sample.eta = steps, 0.0
-        gen = sampling.make_generator(
-            c, state_lib.graphdef_of(c), state_lib.build_schedule(c), mesh, batch_size=batch
-        )
+        gen = sampling.make_generator(c, state_lib.graphdef_of(c), mesh, batch_size=batch)
         row = Row(
             workload="sample",
             config=name,

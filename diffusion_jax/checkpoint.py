@@ -4,8 +4,9 @@ Two managers, because Orbax's `max_to_keep` with a `best_fn` may delete the newe
 a restart needs): `workdir/checkpoints` keeps the latest `keep` steps, `workdir/best` keeps one,
 replaced only when a new value of the best metric is lower.
 
-Each step stores the items `params`, `ema_params`, `opt_state`, `progress` (step and RNG key) and
-a JSON `meta` (config, parameter count and shapes, versions). Items restore independently, so
+Each step stores the items `params`, `ema_params`, `opt_state`, `progress` (step and RNG key),
+one item per further field of the method's state (e.g. `model_state`: BatchNorm statistics) and a
+JSON `meta` (config, parameter count and shapes, versions). Items restore independently, so
 sampling reads the EMA parameters alone. Before anything is restored the shapes in `meta` are
 compared with the config's model; a checkpoint that differs or cannot be read raises
 `CheckpointError` and is never written to or deleted.
@@ -20,6 +21,7 @@ and TensorStore's pending writes would print for it are dropped (`_quiet_orbax_f
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import logging
@@ -41,8 +43,8 @@ from diffusion_jax.errors import CheckpointError, CheckpointSaveError
 
 LATEST_DIR = "checkpoints"
 BEST_DIR = "best"
-STATE_ITEMS = ("params", "ema_params", "opt_state", "progress")
-_ITEMS = (*STATE_ITEMS, "meta")
+STATE_ITEMS = ("params", "ema_params", "opt_state", "progress")  # every method's state has these
+_PROGRESS_FIELDS = ("step", "rng")  # saved together as the item "progress"
 
 
 def tree_shapes(tree: Any) -> dict[str, list[int]]:
@@ -119,22 +121,32 @@ def check_compatible(saved: Mapping[str, Any], expected: Mapping[str, Any], wher
     )
 
 
-def _manager(directory: str, keep: int, read_only: bool) -> ocp.CheckpointManager | None:
+def _manager(
+    directory: str, keep: int, read_only: bool, items: tuple[str, ...]
+) -> ocp.CheckpointManager | None:
     if read_only and not os.path.isdir(directory):
         return None  # nothing saved there; a read-only manager must not create it
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=not read_only, read_only=read_only
     )
-    return ocp.CheckpointManager(directory, options=options, item_names=_ITEMS)
+    return ocp.CheckpointManager(directory, options=options, item_names=(*items, "meta"))
+
+
+def _fields(state: Any) -> list[str]:
+    return [f.name for f in dataclasses.fields(state)]
 
 
 def _state_items(state: Any) -> dict[str, Any]:
-    return {
-        "params": state.params,
-        "ema_params": state.ema_params,
-        "opt_state": state.opt_state,
-        "progress": {"step": state.step, "rng": state.rng},
-    }
+    """The Orbax items of a state: one per field, with step and RNG key together as `progress`
+    (for DDPM's `TrainState`: exactly `STATE_ITEMS`)."""
+    items = {n: getattr(state, n) for n in _fields(state) if n not in _PROGRESS_FIELDS}
+    items["progress"] = {n: getattr(state, n) for n in _PROGRESS_FIELDS}
+    return items
+
+
+def item_names(state: Any | None) -> tuple[str, ...]:
+    """The items a state is saved as (`STATE_ITEMS` when no state is given)."""
+    return STATE_ITEMS if state is None else tuple(_state_items(state))
 
 
 class Checkpoints:
@@ -143,15 +155,18 @@ class Checkpoints:
     `read_only` (sampling, evaluation) creates nothing and never deletes.
     """
 
-    def __init__(self, workdir: str, *, keep: int = 3, read_only: bool = False):
+    def __init__(self, workdir: str, *, keep: int = 3, read_only: bool = False, state: Any = None):
+        """`state` (a method's state or its abstract shapes): the items it saves and restores;
+        None: `STATE_ITEMS` (enough to read the EMA parameters of any method)."""
         self.workdir = os.fspath(workdir)
         self.latest_dir = os.path.join(self.workdir, LATEST_DIR)
         self.best_dir = os.path.join(self.workdir, BEST_DIR)
         self._read_only = read_only
         if not read_only:
             _quiet_orbax_failures()
-        self._latest = _manager(self.latest_dir, keep, read_only)
-        self._best = _manager(self.best_dir, 1, read_only)
+        items = item_names(state)
+        self._latest = _manager(self.latest_dir, keep, read_only, items)
+        self._best = _manager(self.best_dir, 1, read_only, items)
         self._best_seen: dict[str, float] = {}  # metric -> best value saved (see save_best)
         self._pending: dict[str, int] = {}  # directory -> step of the last save started there
         self._failure: CheckpointSaveError | None = None  # the first failed save, if any
@@ -328,9 +343,9 @@ class Checkpoints:
     def restore(
         self, abstract_state: Any, expected_meta: Mapping[str, Any], step: int | None = None
     ) -> Any | None:
-        """The full `TrainState` of `step` (default: latest), or None if nothing is saved.
+        """The full state of `step` (default: latest), or None if nothing is saved.
 
-        `abstract_state` gives shapes, dtypes and shardings (`state.abstract_train_state`).
+        `abstract_state` gives shapes, dtypes and shardings (`methods.abstract_state`).
         """
         step = self._resolve(step, best=False)
         if step is None:
@@ -342,13 +357,8 @@ class Checkpoints:
             out = self._latest.restore(step, args=ocp.args.Composite(**args))
         except Exception as e:  # noqa: BLE001
             raise _unreadable(where, e) from e
-        restored = abstract_state.replace(
-            step=out["progress"]["step"],
-            params=out["params"],
-            ema_params=out["ema_params"],
-            opt_state=out["opt_state"],
-            rng=out["progress"]["rng"],
-        )
+        fields = {k: v for k, v in out.items() if k in _fields(abstract_state)}
+        restored = abstract_state.replace(**fields, **out["progress"])
         if int(restored.step) != step:
             raise _unreadable(where, ValueError(f"it says step {int(restored.step)}"))
         return restored

@@ -12,6 +12,10 @@ import ml_collections
 def base_config() -> ml_collections.ConfigDict:
     """Defaults shared by every config (Ho et al.'s CIFAR-10 settings where they apply)."""
     c = ml_collections.ConfigDict()
+    # What is trained (diffusion_jax/methods/): "ddpm", or a baseline users compare it with:
+    # "gan", "dcgan", "vae", "vae_gan", "denoiser", "dip". Their own settings live in
+    # config.<method> (configs/<method>_<dataset>.py); model/diffusion/sample are DDPM's.
+    c.method = "ddpm"
     c.seed = 0  # fixes initialisation, data order, noise and sampling
 
     c.data = d = ml_collections.ConfigDict()

@@ -35,8 +35,7 @@ import ml_collections
 from flax import nnx
 from jax.sharding import Mesh
 
-from diffusion_jax import data, fid, parallel, samplers, sampling
-from diffusion_jax import state as state_lib
+from diffusion_jax import data, fid, methods, parallel, samplers, sampling
 from diffusion_jax.errors import UserError
 from diffusion_jax.fid import weights as fid_weights
 
@@ -173,6 +172,19 @@ def _device_description() -> str:
     return f"{jax.device_count()} x {d.device_kind} ({d.platform}), {processes} process(es)"
 
 
+def _sampler_record(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """How DDPM's samples were drawn (sampler, steps, noise, spacing, guidance)."""
+    s = config.sample
+    return {
+        "sampler": s.sampler,
+        "steps": _steps_of(config),
+        "eta": float(s.eta),
+        "variance": s.variance,
+        "spacing": samplers.default_spacing(s.sampler) if s.spacing == "auto" else s.spacing,
+        "guidance": float(s.guidance) if config.model.num_classes else None,
+    }
+
+
 def _steps_of(config: ml_collections.ConfigDict) -> int:
     if config.sample.sampler == "ddpm":
         return int(config.diffusion.num_timesteps)
@@ -214,8 +226,7 @@ class Evaluator:
 
     config: ml_collections.ConfigDict
     mesh: Mesh
-    graphdef: nnx.GraphDef
-    schedule: Any  # diffusion.Schedule
+    static: Any  # the method's (DDPM: the model's graphdef)
     extractors: dict[str, fid.FeatureExtractor]
     references: dict[str, tuple[fid.FidStatistics, Path]]
     _generators: dict[int, sampling.Generator] = dataclasses.field(default_factory=dict)
@@ -225,14 +236,17 @@ class Evaluator:
         cls,
         config: ml_collections.ConfigDict,
         mesh: Mesh | None = None,
-        graphdef: nnx.GraphDef | None = None,
-        schedule: Any = None,
+        static: Any = None,
     ) -> Evaluator:
         """Reads the Inception weights and the reference statistics (computing them when
         missing: every image of the reference split, slow on a CPU)."""
         mesh = parallel.make_mesh() if mesh is None else mesh
-        graphdef = state_lib.graphdef_of(config) if graphdef is None else graphdef
-        schedule = state_lib.build_schedule(config) if schedule is None else schedule
+        if not methods.get(config).generates:
+            raise UserError(
+                f"config.method={config.method!r} does not generate images: FID does not apply "
+                "(--mode=sample writes its report)."
+            )
+        static = methods.abstract_state(config)[0] if static is None else static
         extractors = make_extractors(config, mesh)
         is_main = parallel.is_main_process()
         references = {
@@ -243,7 +257,7 @@ class Evaluator:
             ", ".join(extractors),
             ", ".join(f"{s.count} {s.dataset}/{s.split}" for s, _ in references.values()),
         )
-        return cls(config, mesh, graphdef, schedule, extractors, references)
+        return cls(config, mesh, static, extractors, references)
 
     @property
     def protocols(self) -> tuple[str, ...]:
@@ -255,7 +269,7 @@ class Evaluator:
         batch = sampling.batch_size_for(num_samples, self.config.sample.batch_size, self.mesh)
         if batch not in self._generators:
             self._generators[batch] = sampling.make_generator(
-                self.config, self.graphdef, self.schedule, self.mesh, batch_size=batch
+                self.config, self.static, self.mesh, batch_size=batch
             )
         return self._generators[batch]
 
@@ -288,25 +302,19 @@ class Evaluator:
         n = int(config.fid.eval_samples if num_samples is None else num_samples)
         if n < 2:
             raise UserError(f"config.fid.eval_samples={n} must be >= 2 (50000 is the standard).")
-        logging.info("FID: %d samples from step %d with %s (%d steps).", n, step,
-                     config.sample.sampler, _steps_of(config))  # fmt: skip
+        method = config.get("method", "ddpm")
+        logging.info("FID: %d samples of %s from step %d.", n, method, step)
         started = time.perf_counter()
         fids = self.fid(params, n, EVAL_STREAM, progress=progress)
         return {
             "fid": fids,
             "num_samples": n,
             "checkpoint_step": int(step),
+            "method": method,
             "seed": int(config.seed),
             "sample_stream": EVAL_STREAM,
             "image_indices": [0, n],  # images i in [0, n) of fold_in(PRNGKey(seed), stream)
-            "sampler": config.sample.sampler,
-            "steps": _steps_of(config),
-            "eta": float(config.sample.eta),
-            "variance": config.sample.variance,
-            "spacing": samplers.default_spacing(config.sample.sampler)
-            if config.sample.spacing == "auto"
-            else config.sample.spacing,
-            "guidance": float(config.sample.guidance) if config.model.num_classes else None,
+            **(_sampler_record(config) if method == "ddpm" else {}),
             "protocols": list(self.protocols),
             "reference": {
                 p: {"path": str(path), "dataset": s.dataset, "split": s.split, "count": s.count}
@@ -403,11 +411,10 @@ def run_eval(
 def periodic_evaluator(
     config: ml_collections.ConfigDict,
     mesh: Mesh,
-    graphdef: nnx.GraphDef,
-    schedule,
+    static: Any,
 ) -> EvaluateFn | None:
     """`Evaluator.periodic` of a new Evaluator (None, and nothing built, when periodic FID is
     off). Training calls this when it is not handed an `evaluate_fn`."""
     if not _periodic_samples(config):
         return None
-    return Evaluator.create(config, mesh, graphdef, schedule).periodic()
+    return Evaluator.create(config, mesh, static).periodic()

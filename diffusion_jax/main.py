@@ -33,8 +33,17 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from diffusion_jax import data, editing, evaluate, parallel, sampling, train, watch, writers
-from diffusion_jax import state as state_lib
+from diffusion_jax import (
+    data,
+    editing,
+    evaluate,
+    methods,
+    parallel,
+    sampling,
+    train,
+    watch,
+    writers,
+)
 from diffusion_jax.errors import TrainingDivergedError, UserError
 
 EXIT_USER_ERROR = 2
@@ -79,6 +88,12 @@ def _eval_watch(config: ml_collections.ConfigDict, args: RunArgs) -> None:
 
 
 def _edit(config: ml_collections.ConfigDict, args: RunArgs) -> None:
+    method = config.get("method", "ddpm")
+    if method != "ddpm":
+        raise UserError(
+            f"--mode=edit runs the diffusion toolbox on a DDPM workdir; config.method="
+            f"{method!r} is not a diffusion model."
+        )
     editing.run(config, args.workdir, checkpoint=args.checkpoint)
 
 
@@ -229,7 +244,7 @@ def _run_mode() -> int:
             raise UserError("--workdir is required: the run's directory (checkpoints, metrics).")
         check_workdir(FLAGS.workdir)
         check_data(config, FLAGS.mode)
-        state_lib.validate_config(config)
+        methods.validate_config(config)
         MODES[FLAGS.mode](config, RunArgs(FLAGS.workdir, FLAGS.checkpoint))
     except train.TrainingStopped as e:
         logging.warning("%s", e)

@@ -15,6 +15,7 @@ import dataclasses
 import logging
 import os
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +24,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from diffusion_jax import checkpoint, diffusion, images, parallel, samplers, writers
+from diffusion_jax import checkpoint, diffusion, images, methods, parallel, samplers, writers
 from diffusion_jax import state as state_lib
 from diffusion_jax.errors import UserError
 from diffusion_jax.fid import quantize
@@ -56,34 +57,28 @@ def class_labels(start, batch_size: int, num_classes: int) -> jax.Array:
 
 def make_generator(
     config: ml_collections.ConfigDict,
-    graphdef: nnx.GraphDef,
-    schedule: diffusion.Schedule,
+    static: Any,
     mesh: Mesh,
     *,
     batch_size: int,
     fast: bool = False,
 ) -> Generator:
-    """One compiled sampler of `config.sample` (`fast`: DDIM, for previews during training)."""
+    """One compiled sampler of `config.method` (DDPM: `config.sample`'s; `fast`: the method's
+    cheaper preview sampler, DDIM for DDPM). `static` is the method's (DDPM: the graphdef)."""
     parallel.check_divisible(batch_size, mesh, "the sampling batch size")
-    settings = state_lib.sample_settings(config, fast=fast)
-    shape = (batch_size, config.data.image_size, config.data.image_size, config.data.channels)
+    method = methods.get(config)
     batch = parallel.batch_sharding(mesh)
-    num_classes = config.model.num_classes
+    sample_fn = method.sampler(config, static, fast=fast, batch_sharding=batch)
+    num_classes = method.num_classes(config)
 
     def fn(params, rng, batch_index):
         labels = None
         if num_classes:
             labels = class_labels(batch_index * batch_size, batch_size, num_classes)
             labels = jax.lax.with_sharding_constraint(labels, batch)
-        denoise = state_lib.denoise_fn_for(config, graphdef, params, schedule, labels)
-
-        def sharded_denoise(x, t):
-            return denoise(jax.lax.with_sharding_constraint(x, batch), t)
-
         keys = samplers.image_keys(rng, batch_size, start=batch_index * batch_size)
         keys = jax.lax.with_sharding_constraint(keys, batch)
-        out = samplers.sample(sharded_denoise, schedule, shape, keys, **settings)
-        return out.samples, labels
+        return sample_fn(params, keys, labels), labels
 
     return Generator(jax.jit(fn, out_shardings=batch), batch_size)
 
@@ -180,7 +175,8 @@ def denoising_process(
 def load_ema_params(
     config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, which: str | int | None = None
 ) -> tuple[nnx.State, int]:
-    """EMA parameters of the latest checkpoint, of step `which`, or of the best one ("best")."""
+    """EMA parameters (what the method's sampler takes) of the latest checkpoint, of step
+    `which`, or of the best one ("best")."""
     best = which == "best"
     step = None
     if which not in (None, "", "latest", "best"):
@@ -190,12 +186,11 @@ def load_ema_params(
             raise UserError(
                 f"--checkpoint={which!r}: give a step number, 'latest' or 'best'."
             ) from None
-    _, abstract_state = state_lib.abstract_train_state(config, parallel.replicated(mesh))
-    abstract = abstract_state.ema_params
-    expected = checkpoint.make_meta(config, abstract)
-    ckpts = checkpoint.Checkpoints(workdir, read_only=True)
+    _, abstract_state = methods.abstract_state(config, parallel.replicated(mesh))
+    expected = checkpoint.make_meta(config, abstract_state.params)
+    ckpts = checkpoint.Checkpoints(workdir, read_only=True, state=abstract_state)
     try:
-        return ckpts.restore_ema(abstract, expected, step, best=best)
+        return ckpts.restore_ema(abstract_state.ema_params, expected, step, best=best)
     finally:
         ckpts.close()
 
@@ -204,44 +199,57 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, checkpoint: str | No
     """`--mode=sample`: EMA samples of a trained run into `workdir/sample/`.
 
     Writes `samples.npz` (`images` uint8 [N, H, W, C], plus `labels` for conditional models),
-    `grid.png` (the first 64) and `denoising.png` (x_t and predicted x_0 along a few chains).
+    `grid.png` (the first 64) and, for DDPM, `denoising.png` (x_t and predicted x_0 along a
+    few chains). A method that does not generate (the denoiser, DIP) writes its report instead.
     """
-    state_lib.validate_config(config)
+    methods.validate_config(config)
+    method = methods.get(config)
+    mesh = parallel.make_mesh()
+    if not method.generates:
+        static, _ = methods.abstract_state(config)
+        params, step = load_ema_params(config, workdir, mesh, checkpoint)
+        logging.info("Report of %s from step %d.", method.name, step)
+        out = method.report(config, workdir, params, step)
+        parallel.sync("report_written")
+        return out
     n = config.sample.num_samples
     if n < 1:
         raise UserError(f"config.sample.num_samples={n} must be >= 1 for --mode=sample.")
-    mesh = parallel.make_mesh()
     parallel.check_divisible(config.sample.batch_size, mesh, "config.sample.batch_size")
-    graphdef = state_lib.graphdef_of(config)
-    schedule = state_lib.build_schedule(config)
+    static, _ = methods.abstract_state(config)
     params, step = load_ema_params(config, workdir, mesh, checkpoint)
     logging.info("Sampling %d images from the EMA parameters of step %d.", n, step)
 
     rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), SAMPLE_STREAM)
     grid_key, chain_key = jax.random.split(rng)
     batch = batch_size_for(n, config.sample.batch_size, mesh)
-    generator = make_generator(config, graphdef, schedule, mesh, batch_size=batch)
+    generator = make_generator(config, static, mesh, batch_size=batch)
     is_main = parallel.is_main_process()
     x, y = generate_all(generator, params, n, grid_key, progress=is_main)
-    chains = denoising_process(config, graphdef, params, schedule, chain_key, mesh)
+    chains = None
+    if method.name == "ddpm":
+        schedule = state_lib.build_schedule(config)
+        chains = denoising_process(config, static, params, schedule, chain_key, mesh)
 
     out_dir = os.path.join(workdir, OUTPUT_DIR)
     paths = {
         "samples": os.path.join(out_dir, "samples.npz"),
         "grid": os.path.join(out_dir, "grid.png"),
-        "denoising": os.path.join(out_dir, "denoising.png"),
     }
+    if chains is not None:
+        paths["denoising"] = os.path.join(out_dir, "denoising.png")
     if is_main:
         os.makedirs(out_dir, exist_ok=True)
         arrays = {"images": x} if y is None else {"images": x, "labels": y}
         np.savez(paths["samples"], **arrays)
         images.save_grid(paths["grid"], x)
-        images.denoising_figure(
-            paths["denoising"],
-            chains.trajectory,
-            [int(t) for t in chains.timesteps],
-            chains.x0_predictions,
-        )
+        if chains is not None:
+            images.denoising_figure(
+                paths["denoising"],
+                chains.trajectory,
+                [int(t) for t in chains.timesteps],
+                chains.x0_predictions,
+            )
         logging.info("Wrote %s", ", ".join(paths.values()))
     parallel.sync("sample_written")
     return paths

@@ -233,7 +233,11 @@ def _one_of(config, name: str, choices) -> None:
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-    """Raise `UserError` naming the first bad setting (e.g. `config.train.lr=-1 ...`)."""
+    """Raise `UserError` naming the first bad setting (e.g. `config.train.lr=-1 ...`).
+
+    Checks the settings every method shares (seed, data, train, fid, sample batch) and, for
+    `config.method == "ddpm"`, DDPM's. `methods.validate_config` adds another method's own.
+    """
     if config is None:
         raise UserError("No config given: pass --config=configs/<name>.py.")
     try:
@@ -264,19 +268,11 @@ def _validate(config: ml_collections.ConfigDict) -> None:
     seed = config.seed
     ok = isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**63
     _check(ok, "seed", seed, "must be an integer in [0, 2**63)")
-    emb = config.model.time_emb_dim
-    ok = emb is None or (isinstance(emb, int) and not isinstance(emb, bool) and emb > 0)
-    _check(ok, "model.time_emb_dim", emb, "must be a positive integer or None (4 * ch)")
-
     _one_of(config, "data.dataset", data.DATASETS)
     _positive_int(config, "data.image_size")
     _one_of(config, "data.channels", (1, 3))
     shards = config.data.num_shards
     _check(isinstance(shards, int) and shards >= 0, "data.num_shards", shards, "must be >= 0")
-
-    _one_of(config, "diffusion.schedule", diffusion.SCHEDULES)
-    _one_of(config, "diffusion.prediction", diffusion.PREDICTIONS)
-    _positive_int(config, "diffusion.num_timesteps")
 
     t = config.train
     for name in ("batch_size", "num_steps", "log_every", "ckpt_every", "keep_checkpoints"):
@@ -293,7 +289,6 @@ def _validate(config: ml_collections.ConfigDict) -> None:
         "must be >= 0 (0 = use config.train.ema_decay)",
     )
     _check(t.ema_rampup_ratio >= 0, "train.ema_rampup_ratio", t.ema_rampup_ratio, "must be >= 0")
-    _check(0 <= t.label_dropout < 1, "train.label_dropout", t.label_dropout, "must be in [0, 1)")
     _check(t.sample_every >= 0, "train.sample_every", t.sample_every, "must be >= 0 (0 = off)")
     _check(t.time_budget_s >= 0, "train.time_budget_s", t.time_budget_s, "must be >= 0 (0 = off)")
     k = t.steps_per_call
@@ -356,6 +351,25 @@ def _validate(config: ml_collections.ConfigDict) -> None:
         f"must be a multiple of the number of data shards ({n}; config.data.num_shards)",
     )
 
+    _positive_int(config, "sample.batch_size")
+    s = config.sample
+    _check(s.num_samples >= 0, "sample.num_samples", s.num_samples, "must be >= 0")
+    if config.get("method", "ddpm") == "ddpm":
+        _validate_ddpm(config)
+
+
+def _validate_ddpm(config: ml_collections.ConfigDict) -> None:
+    """DDPM's own settings: model, diffusion, sampler, guidance."""
+    t = config.train
+    emb = config.model.time_emb_dim
+    ok = emb is None or (isinstance(emb, int) and not isinstance(emb, bool) and emb > 0)
+    _check(ok, "model.time_emb_dim", emb, "must be a positive integer or None (4 * ch)")
+
+    _one_of(config, "diffusion.schedule", diffusion.SCHEDULES)
+    _one_of(config, "diffusion.prediction", diffusion.PREDICTIONS)
+    _positive_int(config, "diffusion.num_timesteps")
+
+    _check(0 <= t.label_dropout < 1, "train.label_dropout", t.label_dropout, "must be in [0, 1)")
     s = config.sample
     _one_of(config, "sample.sampler", samplers.SAMPLERS)
     _one_of(config, "sample.variance", samplers.VARIANCES)
@@ -367,8 +381,6 @@ def _validate(config: ml_collections.ConfigDict) -> None:
         f"is not a spacing of config.sample.sampler={s.sampler!r}; use one of {spacings}"
         + (" (DDPM's previews run DDIM)" if s.sampler == "ddpm" else ""),
     )
-    _positive_int(config, "sample.batch_size")
-    _check(s.num_samples >= 0, "sample.num_samples", s.num_samples, "must be >= 0")
     _check(s.eta >= 0, "sample.eta", s.eta, "must be >= 0")
     _check(
         s.eta == 0 or s.sampler in ("ddpm", "ddim"),
@@ -401,17 +413,6 @@ def _validate(config: ml_collections.ConfigDict) -> None:
         )
 
     abstract_model(config)  # model settings: raises UserError naming what does not fit
-
-
-def best_metric(config: ml_collections.ConfigDict) -> str:
-    """The metric that picks `workdir/best`: `config.train.best_metric`, with "auto" meaning FID
-    when periodic FID is on, else the held-out loss when it is on, else the training loss."""
-    name = config.train.best_metric
-    if name != "auto":
-        return name
-    if config.fid.every and config.fid.num_samples:
-        return "fid"
-    return "heldout_loss" if config.train.heldout_examples else "loss"
 
 
 def sample_settings(config: ml_collections.ConfigDict, *, fast: bool = False) -> dict:

@@ -1,14 +1,14 @@
-"""Training: the compiled train step (a pure function of pytrees) and the loop around it.
+"""Training: the method-agnostic loop around a method's compiled train step.
 
-The step takes the `TrainState` and the whole training split (uint8, on the devices) and does
-everything on device: picks the batch of step n (see DESIGN.md "Data order"), converts and flips
-it, draws timesteps, noise, dropout and label dropout from `fold_in(state.rng, n)`, and updates
-parameters, Adam state and EMA. `steps_per_call` steps run inside one compiled call (`lax.scan`).
-Because every random draw is a function of (state.rng, step), a run resumed from a checkpoint
-repeats exactly the computation of a run that never stopped.
+`config.method` picks the method (`diffusion_jax.methods`: DDPM, GAN, VAE, ...); it supplies its
+state, its pure train step, its sampler and its settings, and everything here is shared. The
+step takes the state and the whole training split (uint8, on the devices) and does everything on
+device (DDPM's: `methods.ddpm.train_step`); `steps_per_call` steps run inside one compiled call
+(`lax.scan`). Because every random draw is a function of (state.rng, step), a run resumed from a
+checkpoint repeats exactly the computation of a run that never stopped.
 
 The loop restores the latest checkpoint in `workdir`, logs at `log_every` steps (the only time
-metrics leave the devices), checks that the loss is finite before every save, saves every
+metrics leave the devices), checks that every metric is finite before every save, saves every
 `ckpt_every` steps, draws EMA sample grids every `sample_every` steps, stops cleanly on SIGTERM /
 SIGINT or at `time_budget_s`, and calls an optional `evaluate_fn` every `config.fid.every` steps.
 """
@@ -19,57 +19,38 @@ import contextlib
 import dataclasses
 import functools
 import logging
-import math
 import os
 import signal
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
-import flax.struct
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
-from flax import nnx
 from jax.sharding import Mesh
 
 from diffusion_jax import (
     checkpoint,
     data,
-    diffusion,
     evaluate,
-    heldout,
     images,
+    methods,
     parallel,
     sampling,
     writers,
 )
 from diffusion_jax import state as state_lib
+from diffusion_jax.batches import TrainData, select_batch
 from diffusion_jax.errors import TrainingDivergedError, UserError
-from diffusion_jax.state import TrainState
+from diffusion_jax.methods.ddpm import prepare_batch, train_step
 
-# evaluate_fn(step, ema_params) -> {metric: value} or None; `state.best_metric(config)` among
+__all__ = ["TrainData", "prepare_batch", "select_batch", "train_step"]  # DDPM's, re-exported
+
+# evaluate_fn(step, ema_params) -> {metric: value} or None; `methods.best_metric(config)` among
 # its metrics picks the checkpoint kept in workdir/best.
-EvaluateFn = Callable[[int, nnx.State], Mapping[str, float] | None]
-
-_DATA_STREAM, _STEP_STREAM = 0, 1  # fold_in(state.rng, stream): data order / per-step draws
-
-
-@flax.struct.dataclass
-class TrainData:
-    """The training split on the devices: shard s of `num_shards` is row s of both arrays."""
-
-    images: jax.Array  # uint8 [num_shards, shard_size, H, W, C], split over processes
-    labels: jax.Array  # int32 [num_shards, shard_size]
-
-    @property
-    def shard_size(self) -> int:
-        return int(self.images.shape[1])
-
-    @property
-    def num_shards(self) -> int:
-        return int(self.images.shape[0])
+EvaluateFn = Callable[[int, Any], Mapping[str, float] | None]
+State = Any  # a method's state (methods.base: step, rng, params, ema_params, opt_state, ...)
 
 
 def load_train_data(config: ml_collections.ConfigDict, mesh: Mesh) -> TrainData:
@@ -105,119 +86,23 @@ def load_train_data(config: ml_collections.ConfigDict, mesh: Mesh) -> TrainData:
     )
 
 
-def select_batch(
-    train_data: TrainData, data_key: jax.Array, step: jax.Array, batch_size: int
-) -> tuple[jax.Array, jax.Array]:
-    """The global batch of `step`: shard s contributes rows `perm_s[i*b:(i+1)*b]`, where
-    `perm_s = permutation(fold_in(fold_in(data_key, epoch), s))` and b = batch / num_shards.
-
-    Depends only on the key, the step and the number of shards, never on the devices.
-    """
-    n, size = train_data.num_shards, train_data.shard_size
-    b = batch_size // n
-    steps_per_epoch = size // b
-    epoch, i = step // steps_per_epoch, step % steps_per_epoch
-    epoch_key = jax.random.fold_in(data_key, epoch)
-
-    def rows(s, shard_images, shard_labels):
-        perm = jax.random.permutation(jax.random.fold_in(epoch_key, s), size)
-        idx = jax.lax.dynamic_slice_in_dim(perm, i * b, b)
-        return shard_images[idx], shard_labels[idx]
-
-    x, y = jax.vmap(rows)(jnp.arange(n), train_data.images, train_data.labels)
-    return x.reshape(n * b, *x.shape[2:]), y.reshape(n * b)
-
-
-def prepare_batch(
-    config: ml_collections.ConfigDict,
-    x: jax.Array,
-    labels: jax.Array,
-    flip_key: jax.Array,
-    label_key: jax.Array,
-) -> tuple[jax.Array, jax.Array | None]:
-    """uint8 images -> model space, random horizontal flips (the W axis, rate 1/2) when
-    `config.data.random_flip`, and for conditional models labels dropped to the null label
-    (`num_classes`) at rate `config.train.label_dropout` (classifier-free guidance)."""
-    x = data.to_model_space(x)
-    batch = x.shape[0]
-    if config.data.random_flip:
-        flip = jax.random.bernoulli(flip_key, 0.5, (batch, 1, 1, 1))
-        x = jnp.where(flip, x[:, :, ::-1, :], x)
-    y = None
-    if config.model.num_classes:
-        drop = jax.random.bernoulli(label_key, config.train.label_dropout, (batch,))
-        y = jnp.where(drop, config.model.num_classes, labels)
-    return x, y
-
-
-def train_step(
-    state: TrainState,
-    train_data: TrainData,
-    *,
-    config: ml_collections.ConfigDict,
-    graphdef: nnx.GraphDef,
-    schedule: diffusion.Schedule,
-    optimizer: optax.GradientTransformation,
-    batch_sharding: jax.sharding.Sharding | None = None,
-) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimizer update; returns the new state and this step's loss, grad norm and lr."""
-    step = state.step
-    data_key = jax.random.fold_in(state.rng, _DATA_STREAM)
-    step_key = jax.random.fold_in(jax.random.fold_in(state.rng, _STEP_STREAM), step)
-    loss_key, dropout_key, flip_key, label_key = jax.random.split(step_key, 4)
-
-    x, labels = select_batch(train_data, data_key, step, config.train.batch_size)
-    if batch_sharding is not None:
-        x = jax.lax.with_sharding_constraint(x, batch_sharding)
-        labels = jax.lax.with_sharding_constraint(labels, batch_sharding)
-    x, y = prepare_batch(config, x, labels, flip_key, label_key)
-
-    def loss_fn(params):
-        model = nnx.merge(graphdef, params)
-
-        def denoise(x_t, t):
-            return model(x_t, t, y, train=True, rngs=nnx.Rngs(dropout=dropout_key))
-
-        losses = diffusion.training_loss(
-            schedule, denoise, x, loss_key, prediction=config.diffusion.prediction
-        )
-        return jnp.mean(losses)
-
-    loss, grads = jax.value_and_grad(loss_fn)(state.params)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    decay = state_lib.ema_decay(config, step)
-    ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
-    metrics = {
-        "loss": loss,
-        "grad_norm": optax.tree.norm(grads),  # before clipping
-        "lr": jnp.asarray(state_lib.learning_rate(config)(step), jnp.float32),
-    }
-    new_state = state.replace(step=step + 1, params=params, ema_params=ema, opt_state=opt_state)
-    return new_state, metrics
-
-
 def make_train_call(
-    config: ml_collections.ConfigDict,
-    graphdef: nnx.GraphDef,
-    schedule: diffusion.Schedule,
-    mesh: Mesh,
-) -> Callable[[TrainState, TrainData], tuple[TrainState, dict[str, jax.Array]]]:
-    """`steps_per_call` train steps as one compiled call; metrics come back stacked [k].
+    config: ml_collections.ConfigDict, static: Any, mesh: Mesh
+) -> Callable[[State, TrainData], tuple[State, dict[str, jax.Array]]]:
+    """`steps_per_call` train steps of `config.method` as one compiled call; metrics come back
+    stacked [k]. `static` is the method's (DDPM: the model's graphdef).
 
-    Parameters, optimizer state and EMA are replicated, the batch is split over every device,
-    and the state's buffers are donated (updated in place).
+    The state (parameters, optimizer state, EMA, ...) is replicated, the batch is split over
+    every device, and the state's buffers are donated (updated in place).
     """
     step = functools.partial(
-        train_step,
+        methods.get(config).train_step,
         config=config,
-        graphdef=graphdef,
-        schedule=schedule,
-        optimizer=state_lib.build_optimizer(config),
+        static=static,
         batch_sharding=parallel.batch_sharding(mesh),
     )
 
-    def call(state: TrainState, train_data: TrainData):
+    def call(state: State, train_data: TrainData):
         k = config.train.steps_per_call
         if k == 1:  # no loop: XLA:CPU runs backward convolutions ~10x slower inside loops
             state, metrics = step(state, train_data)
@@ -296,7 +181,11 @@ def _fetch_metrics(pending: list[dict[str, jax.Array]]) -> dict[str, np.ndarray]
 
 
 def _diverged(
-    config: ml_collections.ConfigDict, step: int, value: float, last_good: int | None, where: str
+    config: ml_collections.ConfigDict,
+    step: int,
+    values: Mapping[str, float],
+    last_good: int | None,
+    where: str,
 ) -> TrainingDivergedError:
     good = (
         f"The last good checkpoint is step {last_good} in {where}; it was left untouched and a "
@@ -307,13 +196,29 @@ def _diverged(
     hints = [f"lower config.train.lr (now {config.train.lr:g})"]
     if not config.train.grad_clip:
         hints.append("enable gradient clipping (config.train.grad_clip=1.0)")
-    if config.model.dtype != "float32":
+    if config.get("method", "ddpm") == "ddpm" and config.model.dtype != "float32":
         hints.append(f"compute in float32 (config.model.dtype=float32, now {config.model.dtype})")
+    name = "loss" if "loss" in values else next(iter(values))
+    others = [f"{n}={v}" for n, v in values.items() if n != name]
+    also = f" (also {', '.join(others)})" if others else ""
     return TrainingDivergedError(
-        f"Training diverged: the loss became {value} at step {step}. {good} Try: "
+        f"Training diverged: the {name} became {values[name]}{also} at step {step}. {good} Try: "
         + "; ".join(hints)
         + "."
     )
+
+
+LAST_VALUE_METRICS = ("lr",)  # and names ending in "grad_norm": logged as the window's last
+
+
+def summarize_metrics(host: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """One value per metric for a log line: the window's mean, except the learning rate and
+    gradient norms, which are the last step's."""
+    out = {}
+    for name, values in host.items():
+        last = name in LAST_VALUE_METRICS or name.endswith("grad_norm")
+        out[name] = float(values[-1] if last else values.mean())
+    return out
 
 
 def _save_samples(
@@ -331,7 +236,7 @@ def train_and_evaluate(
     *,
     evaluate_fn: EvaluateFn | None = None,
     stop: StopRequest | None = None,
-) -> TrainState:
+) -> State:
     """Train `config` in `workdir` (resuming its latest checkpoint) and return the final state.
 
     SIGTERM / SIGINT stop training after the current step with a checkpoint (`stop.reason`
@@ -342,21 +247,21 @@ def train_and_evaluate(
         with StopRequest() as own:
             return train_and_evaluate(config, workdir, evaluate_fn=evaluate_fn, stop=own)
     started = time.monotonic()
-    state_lib.validate_config(config)
+    methods.validate_config(config)
     t = config.train
     mesh = parallel.make_mesh()
     parallel.check_divisible(t.batch_size, mesh)
     is_main = parallel.is_main_process()
     replicated = parallel.replicated(mesh)
 
-    graphdef, abstract = state_lib.abstract_train_state(config, replicated)
+    static, abstract = methods.abstract_state(config, replicated)
     meta = checkpoint.make_meta(config, abstract.params)
     os.makedirs(workdir, exist_ok=True)
-    ckpts = checkpoint.Checkpoints(workdir, keep=t.keep_checkpoints)
+    ckpts = checkpoint.Checkpoints(workdir, keep=t.keep_checkpoints, state=abstract)
     try:
         state = ckpts.restore(abstract, meta)  # refuses corrupt / incompatible checkpoints
         if state is None:
-            _, state = state_lib.init_train_state(config, replicated)
+            _, state = methods.init_state(config, replicated)
             logging.info(
                 "Starting from scratch in %s (%s parameters).", workdir, meta["num_params"]
             )
@@ -371,7 +276,7 @@ def train_and_evaluate(
             if changed:
                 logging.warning("Settings changed since the checkpoint: %s", "; ".join(changed))
         train_data = load_train_data(config, mesh)
-        run = _Run(config, workdir, mesh, graphdef, ckpts, meta, is_main, started)
+        run = _Run(config, workdir, mesh, static, ckpts, meta, is_main, started)
         return _loop(run, state, train_data, evaluate_fn, stop)
     finally:
         ckpts.wait()
@@ -385,7 +290,7 @@ class _Run:
     config: ml_collections.ConfigDict
     workdir: str
     mesh: Mesh
-    graphdef: nnx.GraphDef
+    static: Any  # the method's (DDPM: the model's graphdef)
     ckpts: checkpoint.Checkpoints
     meta: dict
     is_main: bool
@@ -394,27 +299,27 @@ class _Run:
 
 def _loop(
     run: _Run,
-    state: TrainState,
+    state: State,
     train_data: TrainData,
     evaluate_fn: EvaluateFn | None,
     stop: StopRequest,
-) -> TrainState:
-    config, workdir, mesh, graphdef = run.config, run.workdir, run.mesh, run.graphdef
+) -> State:
+    config, workdir, mesh, static = run.config, run.workdir, run.mesh, run.static
     ckpts, meta, is_main, started = run.ckpts, run.meta, run.is_main, run.started
     t = config.train
-    schedule = state_lib.build_schedule(config)
-    train_call = make_train_call(config, graphdef, schedule, mesh)
+    method = methods.get(config)
+    train_call = make_train_call(config, static, mesh)
     if evaluate_fn is None:  # periodic FID when config.fid.every and config.fid.num_samples ask
-        evaluate_fn = evaluate.periodic_evaluator(config, mesh, graphdef, schedule)
+        evaluate_fn = evaluate.periodic_evaluator(config, mesh, static)
     preview = None
-    if t.sample_every:
+    if t.sample_every and method.generates:
         preview_batch = sampling.batch_size_for(64, 64, mesh)
-        preview = sampling.make_generator(
-            config, graphdef, schedule, mesh, batch_size=preview_batch, fast=True
-        )
+        preview = sampling.make_generator(config, static, mesh, batch_size=preview_batch, fast=True)
     preview_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), sampling.SAMPLE_STREAM)
-    heldout_loss = heldout.make_heldout_loss(config, mesh, graphdef, schedule)
-    best = state_lib.best_metric(config)
+    heldout_loss = None
+    if method.heldout is not None:
+        heldout_loss = method.heldout(config, mesh, static)
+    best = methods.best_metric(config)
 
     step = int(state.step)
     # A killed run may have logged past the checkpoint it resumes from: those records go.
@@ -425,7 +330,6 @@ def _loop(
     pending: list[dict[str, jax.Array]] = []
     last_log_step, last_log_time = step, time.monotonic()
     last_good = ckpts.latest_step()
-    loss = math.nan
     k, multi = t.steps_per_call, jax.process_count() > 1
     if multi:  # compile everywhere first: no process may wait in a collective while one compiles
         train_call = train_call.lower(state, train_data).compile()
@@ -456,26 +360,24 @@ def _loop(
             if step % t.log_every == 0 or save:
                 host = _fetch_metrics(pending)
                 first = step - k * len(pending) + 1
-                bad = ~np.isfinite(host["loss"]) | ~np.isfinite(host["grad_norm"])
+                bad = np.zeros(len(next(iter(host.values()))), bool)
+                for name in host:
+                    bad |= ~np.isfinite(host[name])
                 if bad.any():
                     i = int(np.argmax(bad))
-                    raise _diverged(config, first + i, host["loss"][i], last_good, ckpts.latest_dir)
+                    what = {n: float(v[i]) for n, v in host.items() if not np.isfinite(v[i])}
+                    raise _diverged(config, first + i, what, last_good, ckpts.latest_dir)
                 pending = []
                 now = time.monotonic()
                 rate = (step - last_log_step) / max(now - last_log_time, 1e-9)
                 last_log_step, last_log_time = step, now
-                loss = float(host["loss"].mean())
-                scalars = {
-                    "loss": loss,
-                    "grad_norm": float(host["grad_norm"][-1]),
-                    "lr": float(host["lr"][-1]),
-                    "steps_per_sec": rate,
-                    "examples_per_sec": rate * t.batch_size,
-                }
+                scalars = summarize_metrics(host)
+                scalars.update(steps_per_sec=rate, examples_per_sec=rate * t.batch_size)
                 if save and heldout_loss is not None:  # of the EMA, at every checkpoint
                     scalars["heldout_loss"] = heldout_loss(state.ema_params)
                 writer.write_scalars(step, scalars)
-                bar.set_postfix_str(f"loss={loss:.4f}")
+                shown = "loss" if "loss" in scalars else next(iter(host))
+                bar.set_postfix_str(f"{shown}={scalars[shown]:.4f}")
 
             if preview is not None and step % t.sample_every == 0:
                 grid, _ = sampling.generate_all(preview, state.ema_params, 64, preview_key)
@@ -487,13 +389,13 @@ def _loop(
                 if results:  # elapsed_s: wall time of this run so far (FID-vs-time plots)
                     elapsed = {"elapsed_s": time.monotonic() - started}
                     writer.write_scalars(step, {**results, **elapsed})
-                if best in results:
+                if best is not None and best in results:
                     ckpts.save_best(state, meta, best, float(results[best]))
 
             if save:
                 ckpts.save(state, meta)
                 last_good = step
-                if best in scalars:  # "loss" or "heldout_loss"
+                if best is not None and best in scalars:  # e.g. "loss" or "heldout_loss"
                     ckpts.save_best(state, meta, best, float(scalars[best]))
 
             if reason is not None:
@@ -513,8 +415,9 @@ def _loop(
         )
     if is_main and os.path.exists(os.path.join(workdir, writers.METRICS_FILE)):
         records = writers.read_metrics(os.path.join(workdir, writers.METRICS_FILE))
-        if any("loss" in r for r in records):
-            images.loss_curve(records, os.path.join(workdir, "loss.png"))
+        losses = sorted({k for r in records for k in r if k == "loss" or k.endswith("_loss")})
+        if losses:  # DDPM: loss (and heldout_loss); GANs: d_loss, g_loss, ...
+            images.loss_curve(records, os.path.join(workdir, "loss.png"), keys=losses)
     return state
 
 
@@ -530,7 +433,7 @@ def train_and_eval(config: ml_collections.ConfigDict, workdir: str) -> dict:
     periodic FID and the final eval; it is built before training, outside the time budget.
     """
     started = time.monotonic()
-    state_lib.validate_config(config)
+    methods.validate_config(config)
     evaluator = evaluate.Evaluator.create(config)
     train_started = time.monotonic()
     with StopRequest() as stop:

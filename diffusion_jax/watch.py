@@ -33,14 +33,14 @@ import re
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 from flax import nnx
 
-from diffusion_jax import checkpoint, evaluate, heldout, parallel, writers
-from diffusion_jax import state as state_lib
+from diffusion_jax import checkpoint, evaluate, methods, parallel, writers
 from diffusion_jax.errors import CheckpointError, UserError
 
 DEFAULT_TIMEOUT_S = 3600.0
@@ -51,12 +51,11 @@ Metric = Callable[[nnx.State], float]  # EMA parameters -> value
 EvaluateParams = Callable[[nnx.State, int], dict]  # (EMA parameters, step) -> record
 
 
-def extra_metrics(
-    config: ml_collections.ConfigDict, mesh, graphdef: nnx.GraphDef, schedule
-) -> dict[str, Metric]:
+def extra_metrics(config: ml_collections.ConfigDict, mesh, static: Any) -> dict[str, Metric]:
     """Per-checkpoint metrics besides FID, each stored in the record under its name (built once,
     before the first checkpoint). Adding a metric is one entry here."""
-    metrics = {"heldout_loss": heldout.make_heldout_loss(config, mesh, graphdef, schedule)}
+    method = methods.get(config)
+    metrics = {"heldout_loss": method.heldout and method.heldout(config, mesh, static)}
     return {name: fn for name, fn in metrics.items() if fn is not None}  # None: switched off
 
 
@@ -121,11 +120,10 @@ class Watcher:
     skipped: list[int] = dataclasses.field(default_factory=list)  # deleted before read
 
     def __post_init__(self):
-        _, abstract_state = state_lib.abstract_train_state(
-            self.config, parallel.replicated(self.mesh)
-        )
+        _, abstract_state = methods.abstract_state(self.config, parallel.replicated(self.mesh))
         self._abstract = abstract_state.ema_params
-        self._expected = checkpoint.make_meta(self.config, self._abstract)
+        self._expected = checkpoint.make_meta(self.config, abstract_state.params)
+        self._items = abstract_state
 
     # ----------------------------------------------------------------- decisions (process 0)
 
@@ -161,7 +159,7 @@ class Watcher:
     def _restore(self, step: int) -> nnx.State | None:
         """EMA parameters of `step`, or None when training deleted it before it could be read."""
         for attempt in range(1, RESTORE_ATTEMPTS + 1):
-            ckpts = checkpoint.Checkpoints(self.workdir, read_only=True)
+            ckpts = checkpoint.Checkpoints(self.workdir, read_only=True, state=self._items)
             error = None
             try:
                 params, _ = ckpts.restore_ema(self._abstract, self._expected, step)
@@ -272,15 +270,14 @@ def run_watch(
     poll_s: float = POLL_S,
 ) -> dict:
     """`--mode=eval_watch`: evaluate each checkpoint of `workdir` as training writes it."""
-    state_lib.validate_config(config)
+    methods.validate_config(config)
     n = int(config.fid.eval_samples)
     if n < 2:
         raise UserError(f"config.fid.eval_samples={n} must be >= 2 (50000 is the standard).")
     mesh = parallel.make_mesh()
-    graphdef = state_lib.graphdef_of(config)
-    schedule = state_lib.build_schedule(config)
-    evaluator = evaluate.Evaluator.create(config, mesh, graphdef, schedule)
-    metrics = extra_metrics(config, mesh, graphdef, schedule)
+    static, _ = methods.abstract_state(config)
+    evaluator = evaluate.Evaluator.create(config, mesh, static)
+    metrics = extra_metrics(config, mesh, static)
     is_main = parallel.is_main_process()
     writer = writers.create_writer(
         str(Path(workdir) / evaluate.OUTPUT_DIR),

@@ -57,10 +57,9 @@ SCRIPT = textwrap.dedent(
     for name, (sampler, eta, guidance) in cases.items():
         config = config_for(sampler, eta, guidance)
         graphdef, params = random_params(config)
-        schedule = state_lib.build_schedule(config)
         for label, mesh, batch in (("1dev_b8", mesh1, 8), ("8dev_b8", mesh8, 8),
                                    ("8dev_b16", mesh8, 16)):
-            gen = sampling.make_generator(config, graphdef, schedule, mesh, batch_size=batch)
+            gen = sampling.make_generator(config, graphdef, mesh, batch_size=batch)
             x = np.concatenate([
                 np.asarray(jax.device_get(gen.fn(params, rng, jnp.int32(k))[0]))
                 for k in range(16 // batch)
@@ -84,8 +83,7 @@ SCRIPT = textwrap.dedent(
     samplers.classifier_free_guidance = concat_guidance
     config = config_for("ddim", 1.0, 3.0)
     graphdef, params = random_params(config)
-    gen = sampling.make_generator(config, graphdef, state_lib.build_schedule(config), mesh8,
-                                  batch_size=16)
+    gen = sampling.make_generator(config, graphdef, mesh8, batch_size=16)
     hlo["guided_concatenated"] = count_collectives(
         gen.fn.lower(params, rng, jnp.int32(0)).compile().as_text())
     samplers.classifier_free_guidance = original

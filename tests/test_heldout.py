@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from train_utils import compilation_cache, tiny_config
 
-from diffusion_jax import checkpoint, heldout, parallel, train
+from diffusion_jax import checkpoint, heldout, methods, parallel, train
 from diffusion_jax import state as state_lib
 
 
@@ -53,7 +53,7 @@ def test_heldout_loss_is_deterministic_and_moves_with_the_parameters(tiny_mnist_
 def test_heldout_loss_resumes_exactly_and_picks_best(tiny_mnist_dir, tmp_path):
     config = tiny_config(tiny_mnist_dir, train__num_steps=6, train__ckpt_every=3,
                          train__log_every=3)  # fmt: skip
-    assert state_lib.best_metric(config) == "heldout_loss"
+    assert methods.best_metric(config) == "heldout_loss"
     train.train_and_evaluate(config, str(tmp_path / "straight"))
     straight = _records(tmp_path / "straight")
     assert [r["step"] for r in straight] == [3, 6]
@@ -74,8 +74,8 @@ def test_heldout_loss_resumes_exactly_and_picks_best(tiny_mnist_dir, tmp_path):
 
 def test_best_metric_auto():
     config = tiny_config("unused")
-    assert state_lib.best_metric(config) == "heldout_loss"
+    assert methods.best_metric(config) == "heldout_loss"
     config.train.heldout_examples = 0
-    assert state_lib.best_metric(config) == "loss"
+    assert methods.best_metric(config) == "loss"
     config.fid.every, config.fid.num_samples = 4, 16
-    assert state_lib.best_metric(config) == "fid"
+    assert methods.best_metric(config) == "fid"

@@ -11,7 +11,7 @@ The state contract. A method's state is a `flax.struct.dataclass` with at least
     rng: raw uint32[2] key     root of every random draw of training: step n uses
                                fold_in(fold_in(rng, STEP_STREAM), n), the batch order
                                fold_in(rng, DATA_STREAM), so a resumed run repeats the same draws
-    params: pytree             what the optimizer trains (e.g. {"generator": ..., "discriminator": ...})
+    params: pytree             what the optimizers train (e.g. {"generator": G, "discriminator": D})
     ema_params: pytree         everything the method's sampler needs to make images: the EMA
                                weights, and e.g. BatchNorm statistics. `--mode=sample|eval`,
                                periodic FID and the watcher read this item alone.
@@ -78,8 +78,10 @@ class Method:
     # the state's sharding as output layout, and traces it with `jax.eval_shape` for restores).
     init_state: Callable[[ml_collections.ConfigDict], tuple[Any, Any]]
     train_step: TrainStep
-    # (config, static) -> SampleFn
-    sampler: Callable[[ml_collections.ConfigDict, Any], SampleFn]
+    # sampler(config, static, *, fast=False, batch_sharding=None) -> SampleFn. fast: a cheaper
+    # sampler for training previews where the method has one (DDPM: DDIM); batch_sharding:
+    # the sharding of the batch axis, for methods that loop (keep it on the loop's carry).
+    sampler: Callable[..., SampleFn]
     # > 0: the sampler takes class labels (image i gets class i % num_classes)
     num_classes: Callable[[ml_collections.ConfigDict], int] = _no_classes
     # (config, mesh, static) -> fn(ema_params) -> float, a held-out metric logged at every
@@ -96,4 +98,12 @@ class Method:
     report: Callable[..., dict] | None = None
 
 
-__all__ = ["DATA_STREAM", "STEP_STREAM", "Method", "SampleFn", "TrainData", "TrainStep", "step_keys"]
+__all__ = [
+    "DATA_STREAM",
+    "STEP_STREAM",
+    "Method",
+    "SampleFn",
+    "TrainData",
+    "TrainStep",
+    "step_keys",
+]

@@ -12,6 +12,14 @@ centre-cropped to a square (the shorter side), resized with Lanczos to image_siz
 when `edit.invert_input` says so ("auto": on grey models when the border is light, since MNIST
 digits are light on dark). Figures show the file as read beside the converted input.
 
+Timesteps: the defaults of config.py's `edit` section are the demos of a T = 1000 model
+(noise levels 250/500/750, stride 30 = 34 strided steps, inpaint stride 4 = 250 levels, SDEdit
+starts on the 34-step grid). On a model with another T, a setting left at its default is scaled
+to T (`resolve_defaults`, logged): noise levels at the same fractions of T, strides giving the
+same number of steps, start indices at the same fractions of the grid. A value the user sets
+(anything but the T = 1000 default) is used as given, and refused naming the setting if it does
+not fit T.
+
 Randomness: image i of a run has the key `fold_in(fold_in(PRNGKey(seed), EDIT_STREAM), i)`
 (`samplers.image_keys`), the same in every column of a figure and in the PSNR table.
 """
@@ -32,6 +40,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from diffusion_jax import config as config_lib
 from diffusion_jax import data, diffusion, edit, images, parallel, samplers, sampling
 from diffusion_jax import state as state_lib
 from diffusion_jax.errors import UserError
@@ -42,6 +51,75 @@ OUTPUT_DIR = "edit"
 KINDS = ("denoise", "sdedit", "inpaint", "translate", "anagram", "hybrid")
 NEEDS_CLASSES = ("translate", "anagram", "hybrid")
 PSNR_BATCH = 250
+DEFAULTS_T = 1000  # the num_timesteps config.py's edit defaults are written for
+# The T-dependent edit settings at T = 1000 (config.py's defaults): a setting left at its
+# default gets these, scaled to the model's T by `resolve_defaults`.
+REFERENCE = {
+    "noise_levels": (250, 500, 750),
+    "stride": 30,  # 34 steps 990 .. 0
+    "inpaint_stride": 4,  # RePaint's 250 levels
+    "i_start": (1, 3, 5, 7, 10, 20),  # indices into the 34-step grid
+    "translate_i_start": 10,
+}
+
+
+# ------------------------------------------------------------------------------ defaults
+
+
+def _round(x: float) -> int:
+    return int(math.floor(x + 0.5))  # half up, not Python's half to even
+
+
+def _at_default(e, defaults, name: str) -> bool:
+    v, d = e[name], defaults[name]
+    if isinstance(d, tuple):
+        return isinstance(v, (tuple, list)) and tuple(v) == d
+    return type(v) is type(d) and v == d
+
+
+def resolve_defaults(
+    config: ml_collections.ConfigDict,
+) -> tuple[ml_collections.ConfigDict, list[str]]:
+    """A copy of `config` whose T-dependent edit settings still at config.py's defaults are the
+    T = 1000 demos (`REFERENCE`) scaled to `config.diffusion.num_timesteps` (see the module
+    doc), and one note per change.
+
+    For T = 300: noise_levels (250, 500, 750) -> (75, 150, 225), stride 30 -> 9 (34 steps,
+    297 .. 0), inpaint_stride 4 -> 1 (300 levels); i_start and translate_i_start keep their
+    values while the strided grid has 34 steps, else move to the same fractions of the grid.
+    T = 1000, and any value other than the default, are returned unchanged. (A value equal to
+    the default counts as the default: `--config.edit.stride=30` on T = 300 is scaled too.)
+    """
+    config = config.copy_and_resolve_references()
+    e, defaults = config.edit, config_lib.base_config().edit
+    num_t = int(config.diffusion.num_timesteps)
+    notes: list[str] = []
+
+    def put(name: str, value) -> None:
+        if value != e[name]:
+            notes.append(f"config.edit.{name}={e[name]!r} -> {value!r}")
+            e[name] = value
+
+    if num_t >= 1:
+        r = num_t / DEFAULTS_T
+        if _at_default(e, defaults, "noise_levels"):
+            levels = {min(num_t - 1, _round(t * r)) for t in REFERENCE["noise_levels"]}
+            put("noise_levels", tuple(sorted(levels)))
+        for name in ("stride", "inpaint_stride"):
+            if _at_default(e, defaults, name):
+                put(name, max(1, _round(REFERENCE[name] * r)))
+    if isinstance(e.stride, int) and 1 <= e.stride <= num_t:
+        n = len(edit.strided_timesteps(num_t, e.stride))
+        ref_n = len(edit.strided_timesteps(DEFAULTS_T, REFERENCE["stride"]))  # 34
+        if _at_default(e, defaults, "i_start"):
+            starts = {min(n - 1, _round(i * n / ref_n)) for i in REFERENCE["i_start"]}
+            put("i_start", tuple(sorted(starts)))
+        if _at_default(e, defaults, "translate_i_start"):
+            i = REFERENCE["translate_i_start"]
+            put("translate_i_start", min(n - 1, _round(i * n / ref_n)))
+    if notes:
+        notes.insert(0, f"edit defaults (written for T={DEFAULTS_T}) scaled to T={num_t}")
+    return config, notes
 
 
 # ---------------------------------------------------------------------------------- checks
@@ -716,6 +794,9 @@ def _illusion(m: Model, parsed: dict, kind: str) -> Result:
 def run(config: ml_collections.ConfigDict, workdir: str, *, checkpoint: str | None = None) -> dict:
     """`--mode=edit`: one `config.edit.kind` on the EMA weights; returns the written paths."""
     state_lib.validate_config(config)
+    config, notes = resolve_defaults(config)
+    if notes:
+        logging.info("%s.", "; ".join(notes))
     parsed = _validate(config)
     kind = config.edit.kind
     inp = None

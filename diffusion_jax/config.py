@@ -108,7 +108,9 @@ def base_config() -> ml_collections.ConfigDict:
 
     # --mode=edit (diffusion_jax/editing.py): the toolbox of diffusion_jax/edit/ on the EMA
     # weights, writing labelled figures and edit/<kind>.npz into the workdir. Defaults are the
-    # demos of results/applications.md (class-conditional MNIST, T = 1000).
+    # demos of results/applications.md (class-conditional MNIST, T = 1000); the T-dependent ones
+    # left at their defaults (noise_levels, stride, inpaint_stride, i_start, translate_i_start)
+    # are scaled to the model's T by editing.resolve_defaults.
     c.edit = ed = ml_collections.ConfigDict()
     ed.kind = "denoise"  # denoise | sdedit | inpaint | translate | anagram | hybrid
     ed.indices = "0-7"  # images of ed.split by index ("0-7", "3,5,9"); used when ed.images = ""

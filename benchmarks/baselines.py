@@ -3,7 +3,7 @@
     python benchmarks/baselines.py --runs=RUNS.json --out=results/baselines.json
 
 RUNS.json: [{"name": ..., "config": "configs/x.py", "workdir": DIR, "overrides": {"a.b": v},
-"train_wall_s": seconds}, ...]. For every run: the EMA weights of its latest checkpoint generate
+"train_wall_s": seconds, "train_cpu_s": user + system seconds}, ...]. For every run: the EMA weights of its latest checkpoint generate
 `--samples` images (image i from key i of the eval stream, as `--mode=eval`), timed after a warm-up
 batch (sampling speed on this machine), and their Inception features (TTUR's TF protocol) are
 compared with a reference of real images of the same dataset. Because the standard reference (all
@@ -104,9 +104,9 @@ def main() -> None:
         key = evaluate.stream_key(config, evaluate.EVAL_STREAM)
         warm = list(sampling.generate(gen, params, batch, key))  # compile + one batch
         del warm
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         x = np.concatenate([b.images for b in sampling.generate(gen, params, args.samples, key)])
-        sample_s = time.perf_counter() - t0
+        sample_s, sample_cpu_s = time.perf_counter() - t0, time.process_time() - c0
         stats = _stats(extractor, x, "samples", "")
         lines = (Path(run["workdir"]) / "metrics.jsonl").read_text().splitlines()
         metrics = [json.loads(line) for line in lines]
@@ -120,11 +120,13 @@ def main() -> None:
             "images_seen": int(step) * int(config.train.batch_size),
             "batch_size": int(config.train.batch_size),
             "train_wall_s": run.get("train_wall_s"),
+            "train_cpu_s": run.get("train_cpu_s"),  # user + system seconds of all threads
             "time_budget_s": float(config.train.time_budget_s),
             "num_params": _num_params(config),
             "fid": round(fid.fid_from_statistics(stats, refs[ds]), 2),
             "samples": args.samples,
             "sample_img_per_s": round(args.samples / sample_s, 1),
+            "sample_cpu_ms_per_img": round(1000 * sample_cpu_s / args.samples, 2),
             "last_metrics": {k: round(v, 4) for k, v in last.items() if isinstance(v, float)},
         }
         if args.figures:

@@ -1,15 +1,18 @@
 """FID, training wall clock and sampling speed of trained workdirs of any method, one protocol.
 
     python benchmarks/baselines.py --runs=RUNS.json --out=results/baselines.json
+    python benchmarks/baselines.py --table results/baselines.json   # the Markdown table
 
 RUNS.json: [{"name": ..., "config": "configs/x.py", "workdir": DIR, "overrides": {"a.b": v},
-"train_wall_s": seconds, "train_cpu_s": user + system seconds}, ...]. For every run: the EMA weights of its latest checkpoint generate
-`--samples` images (image i from key i of the eval stream, as `--mode=eval`), timed after a warm-up
-batch (sampling speed on this machine), and their Inception features (TTUR's TF protocol) are
-compared with a reference of real images of the same dataset. Because the standard reference (all
-train images) takes hours of Inception on a CPU, the reference here is the first `--ref` test
-images, and the protocol's floor is printed beside it: the FID of the next `--samples` real test
-images against that reference. Only FIDs of the same N and reference compare; this is not the
+"train_wall_s": seconds, "train_cpu_s": user + system seconds}, ...]. For every run: the EMA
+weights of its latest checkpoint generate `--samples` images (image i from key i of the eval
+stream, as `--mode=eval`), timed after a warm-up batch (sampling speed on this machine: wall
+clock, and CPU time of all threads, which a busy machine changes less), and their Inception
+features (TTUR's TF protocol) are compared with a reference of real images of the same
+dataset. Because the standard reference (all train images) takes hours of Inception on a CPU,
+the reference here is the first `--ref` test images, and the protocol's floor is printed beside
+it: the FID of the next `--samples` real test images against that reference. Only FIDs of the
+same N and reference compare; this is not the
 50k-sample standard FID of results/fid.md.
 """
 
@@ -51,15 +54,65 @@ def _stats(extractor, images: np.ndarray, dataset: str, split: str) -> fid.FidSt
     return fid.statistics_of([images], extractor, progress=False, dataset=dataset, split=split)
 
 
+def _fmt_params(num_params: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v:,}" for k, v in sorted(num_params.items()))
+
+
+def _fmt_metrics(last: dict[str, float]) -> str:
+    keys = [k for k in last if k.endswith("loss") or k in ("loss", "d_real", "d_recon", "d_fake")]
+    keys = ["loss"] * ("loss" in keys) + sorted(k for k in keys if k != "loss")
+    return ", ".join(f"{k} {last[k]:.3g}" for k in keys)
+
+
+def table(results: dict) -> str:
+    """The Markdown table of a results JSON (rows grouped by dataset, in run order)."""
+    head = [
+        "dataset", "model", "method", "parameters", "steps x batch (images)",
+        "training wall (s)", "training CPU (s)", f"FID (N={results['protocol']['samples']})",
+        "sampling (img/s)", "sampling CPU (ms/img)", "last logged metrics",
+    ]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    runs = results["runs"]
+    for ds in dict.fromkeys(r["dataset"] for r in runs.values()):
+        for name, r in runs.items():
+            if r["dataset"] != ds:
+                continue
+            steps = r["checkpoint_step"]
+            cells = [
+                ds, name, r["method"], _fmt_params(r["num_params"]),
+                f"{steps} x {r['batch_size']} ({r['images_seen']:,})",
+                f"{r['train_wall_s']:.0f}" if r.get("train_wall_s") else "n/a",
+                f"{r['train_cpu_s']:.0f}" if r.get("train_cpu_s") else "n/a",
+                f"{r['fid']:.1f}", f"{r['sample_img_per_s']:,.1f}",
+                f"{r['sample_cpu_ms_per_img']:,.1f}" if "sample_cpu_ms_per_img" in r else "n/a",
+                _fmt_metrics(r["last_metrics"]),
+            ]  # fmt: skip
+            lines.append("| " + " | ".join(cells) + " |")
+    floors = results.get("floors", {})
+    lines.append("")
+    for ds, f in floors.items():
+        lines.append(
+            f"- floor {ds}: FID {f['fid']:.1f} (N real test images vs the reference); "
+            f"Inception {f['inception_img_per_s']} img/s"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--runs", required=True)
-    p.add_argument("--out", required=True)
+    p.add_argument("--table", default=None, help="print the Markdown table of this JSON and exit")
+    p.add_argument("--runs")
+    p.add_argument("--out")
     p.add_argument("--samples", type=int, default=500)
     p.add_argument("--ref", type=int, default=1000)
     p.add_argument("--data_dir", default=None)
     p.add_argument("--figures", default=None, help="folder for training-curve PNGs")
     args = p.parse_args()
+    if args.table:
+        print(table(json.loads(Path(args.table).read_text())), end="")
+        return
+    if not (args.runs and args.out):
+        p.error("--runs and --out are required (or --table)")
     runs = json.loads(Path(args.runs).read_text())
     mesh = parallel.make_mesh()
     network = fid_weights.load_weights(None)

@@ -2,7 +2,7 @@
 
 The model of `mnist_cond_cpu.py` without classes (ch 32, mult (1, 2), one block per level, no
 attention, grey 28x28), T = 1000 linear, batch 64, Adam 1e-3, EMA by half-life (10k images),
-trained for the same wall-clock budget as the MNIST GAN and DCGAN (results/baselines.md). Its
+trained on as many images as the MNIST GAN and DCGAN (results/baselines.md: 400 steps = 25,600). Its
 workdir also serves the toolbox's figures from an unconditional model (results/applications.md).
 """
 

@@ -184,6 +184,7 @@ def main() -> None:
         }
         if args.figures:
             record["figures"] = _curves(metrics, Path(args.figures), run["name"])
+            record["figures"].append(_samples_grid(x[:64], Path(args.figures), run["name"]))
         out["runs"][run["name"]] = record
         print(run["name"], record["fid"], record["sample_img_per_s"], "img/s", flush=True)
         Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
@@ -201,6 +202,14 @@ def _curves(records: list[dict], folder: Path, name: str) -> list[str]:
     if d_keys:
         paths.append(images.loss_curve(records, str(folder / f"{name}_d.png"), keys=d_keys))
     return paths
+
+
+def _samples_grid(x: np.ndarray, folder: Path, name: str) -> str:
+    """The first 64 scored samples (images 0..63 of the eval stream) as an 8x8 grid."""
+    from diffusion_jax import images
+
+    folder.mkdir(parents=True, exist_ok=True)
+    return images.save_grid(str(folder / f"{name}_samples.png"), x)
 
 
 def _num_params(config) -> dict[str, int]:

@@ -297,6 +297,14 @@ class _Run:
     started: float  # time.monotonic() at the start (for the time budget)
 
 
+# Calls dispatched ahead of the one known finished. JAX dispatches asynchronously, so without a
+# bound the host runs up to `log_every` steps ahead of the device: the progress bar and the time
+# budget check would count steps that have not run (on a 2-core CPU the bar reached 100/100
+# ten minutes before the work did). Two calls in flight keep an accelerator fed while the host
+# waits for an older one.
+_IN_FLIGHT = 2
+
+
 def _loop(
     run: _Run,
     state: State,
@@ -340,6 +348,8 @@ def _loop(
             state, metrics = train_call(state, train_data)
             step += k
             pending.append(metrics)
+            if len(pending) > _IN_FLIGHT:  # bound async dispatch: see _IN_FLIGHT
+                jax.block_until_ready(pending[-_IN_FLIGHT - 1])
             bar.update(k)
 
             reason = None

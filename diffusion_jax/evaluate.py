@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -185,6 +186,60 @@ def _sampler_record(config: ml_collections.ConfigDict) -> dict[str, Any]:
     }
 
 
+DDPM_ONLY_FIELDS = (
+    "sampler", "steps", "eta", "variance", "spacing", "guidance", "schedule", "num_timesteps",
+    "prediction",
+)  # fmt: skip
+
+
+def _model_record(config: ml_collections.ConfigDict, method: str) -> dict[str, Any]:
+    """The generating network's architecture settings (what its size follows from)."""
+    if method != "ddpm":
+        settings = config.get(method)
+        return {"arch": method, **(settings.to_dict() if settings is not None else {})}
+    m = config.model
+    if m.arch == "course":
+        keys = ("arch", "course_hidden", "course_groups", "num_classes", "dtype")
+    else:
+        keys = (
+            "arch", "ch", "ch_mult", "num_res_blocks", "attn_resolutions", "dropout",
+            "num_groups", "time_emb_dim", "num_classes", "dtype", "attention",
+        )  # fmt: skip
+    return {k: (list(m[k]) if isinstance(m[k], tuple) else m[k]) for k in keys}
+
+
+def run_description(
+    config: ml_collections.ConfigDict, params: Any, config_file: str | None = None
+) -> dict[str, Any]:
+    """What a record needs to be compared with another without the command that made it:
+    config file, method, dataset, the generating network (architecture and parameter count of
+    the EMA weights that were sampled), batch size and, for DDPM, schedule, T, prediction and
+    sampler with its steps. The DDPM-only fields are None for the other methods."""
+    method = config.get("method", "ddpm")
+    ddpm = method == "ddpm"
+    num_params = int(sum(math.prod(x.shape) for x in jax.tree.leaves(params)))
+    out: dict[str, Any] = {
+        "config_file": config_file,
+        "method": method,
+        "dataset": config.data.dataset,
+        "image_size": int(config.data.image_size),
+        "channels": int(config.data.channels),
+        "num_params": num_params,
+        "model": {**_model_record(config, method), "num_params": num_params},
+        "batch_size": int(config.train.batch_size),
+        **dict.fromkeys(DDPM_ONLY_FIELDS),
+    }
+    if ddpm:
+        d = config.diffusion
+        out.update(
+            schedule=d.schedule,
+            num_timesteps=int(d.num_timesteps),
+            prediction=d.prediction,
+            **_sampler_record(config),
+        )
+    return out
+
+
 def _steps_of(config: ml_collections.ConfigDict) -> int:
     if config.sample.sampler == "ddpm":
         return int(config.diffusion.num_timesteps)
@@ -229,6 +284,7 @@ class Evaluator:
     static: Any  # the method's (DDPM: the model's graphdef)
     extractors: dict[str, fid.FeatureExtractor]
     references: dict[str, tuple[fid.FidStatistics, Path]]
+    config_file: str | None = None  # the --config file, recorded in every record
     _generators: dict[int, sampling.Generator] = dataclasses.field(default_factory=dict)
 
     @classmethod
@@ -237,6 +293,8 @@ class Evaluator:
         config: ml_collections.ConfigDict,
         mesh: Mesh | None = None,
         static: Any = None,
+        *,
+        config_file: str | None = None,
     ) -> Evaluator:
         """Reads the Inception weights and the reference statistics (computing them when
         missing: every image of the reference split, slow on a CPU)."""
@@ -257,7 +315,7 @@ class Evaluator:
             ", ".join(extractors),
             ", ".join(f"{s.count} {s.dataset}/{s.split}" for s, _ in references.values()),
         )
-        return cls(config, mesh, static, extractors, references)
+        return cls(config, mesh, static, extractors, references, config_file=config_file)
 
     @property
     def protocols(self) -> tuple[str, ...]:
@@ -310,18 +368,16 @@ class Evaluator:
             "fid": fids,
             "num_samples": n,
             "checkpoint_step": int(step),
-            "method": method,
+            **run_description(config, params, self.config_file),
             "seed": int(config.seed),
             "sample_stream": EVAL_STREAM,
             "image_indices": [0, n],  # images i in [0, n) of fold_in(PRNGKey(seed), stream)
-            **(_sampler_record(config) if method == "ddpm" else {}),
             "protocols": list(self.protocols),
             "reference": {
                 p: {"path": str(path), "dataset": s.dataset, "split": s.split, "count": s.count}
                 for p, (s, path) in self.references.items()
             },
             "network_sha256": next(iter(self.extractors.values())).network_sha256,
-            "dataset": config.data.dataset,
             "sampling_and_features_wall_s": round(time.perf_counter() - started, 2),
             "device": _device_description(),
             "jax": jax.__version__,
@@ -383,6 +439,7 @@ def run_eval(
     *,
     checkpoint: str | None = None,
     evaluator: Evaluator | None = None,
+    config_file: str | None = None,
 ) -> dict:
     """`--mode=eval`: FID of a checkpoint's EMA samples; writes and returns the JSON record.
 
@@ -397,7 +454,7 @@ def run_eval(
     is_main = parallel.is_main_process()
     params, step = sampling.load_ema_params(config, workdir, mesh, checkpoint)
     if evaluator is None:
-        evaluator = Evaluator.create(config, mesh)
+        evaluator = Evaluator.create(config, mesh, config_file=config_file)
     record = evaluator.record(params, step, num_samples=n, progress=is_main)
     record["wall_s"] = round(time.perf_counter() - started, 2)
     if is_main:

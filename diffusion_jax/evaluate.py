@@ -33,13 +33,15 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from diffusion_jax import data, fid, methods, parallel, samplers, sampling
+from diffusion_jax import data, fid, images, methods, parallel, samplers, sampling
 from diffusion_jax.errors import UserError
 from diffusion_jax.fid import weights as fid_weights
 
+GRID_IMAGES = 64  # --mode=eval writes eval/samples_<step>.png: the first 64 scored images
 EVAL_STREAM = 2  # `fold_in(PRNGKey(config.seed), EVAL_STREAM)` seeds --mode=eval samples
 PERIODIC_STREAM = 3  # and the periodic FID during training (same images every time)
 OUTPUT_DIR = "eval"
@@ -122,12 +124,12 @@ def reference_statistics(
         channels=config.data.channels,
         progress=progress,
     )
-    images = split.images.reshape(-1, *split.images.shape[2:])
+    pixels = split.images.reshape(-1, *split.images.shape[2:])
     b = extractor.batch_size * 4
-    batches = (images[i : i + b] for i in range(0, len(images), b))
+    batches = (pixels[i : i + b] for i in range(0, len(pixels), b))
     logging.info(
         "Reference statistics: %d %s/%s images, protocol %s.",
-        len(images),
+        len(pixels),
         config.data.dataset,
         config.fid.ref_split,
         extractor.protocol,
@@ -136,7 +138,7 @@ def reference_statistics(
         batches,
         extractor,
         progress=progress,
-        total=len(images),
+        total=len(pixels),
         dataset=config.data.dataset,
         split=config.fid.ref_split,
     )
@@ -155,13 +157,17 @@ def sample_statistics(
     extractors: dict[str, fid.FeatureExtractor],
     *,
     progress: bool = False,
+    first: list[np.ndarray] | None = None,
 ) -> dict[str, fid.FidStatistics]:
-    """Streams generated batches straight into each protocol's running statistics."""
+    """Streams generated batches straight into each protocol's running statistics. With
+    `first`, the first `GRID_IMAGES` images (images 0..63 of the stream) are appended to it."""
     running = {
         p: fid.RunningStats(protocol=p, network_sha256=e.network_sha256)
         for p, e in extractors.items()
     }
     for batch in sampling.generate(generator, params, num_samples, rng, progress=progress):
+        if first is not None and batch.start < GRID_IMAGES:
+            first.append(np.asarray(batch.images[: GRID_IMAGES - batch.start]))
         for p, e in extractors.items():
             running[p].update(e.features(batch.images))
     return {p: r.finalize(dataset="samples") for p, r in running.items()}
@@ -338,8 +344,10 @@ class Evaluator:
         stream: int,
         *,
         progress: bool = False,
+        first: list[np.ndarray] | None = None,
     ) -> dict[str, float]:
-        """{protocol: FID} of images 0..num_samples-1 of sampling stream `stream`."""
+        """{protocol: FID} of images 0..num_samples-1 of sampling stream `stream` (with
+        `first`: the first `GRID_IMAGES` of them appended to it)."""
         stats = sample_statistics(
             self.generator(num_samples),
             params,
@@ -347,15 +355,17 @@ class Evaluator:
             stream_key(self.config, stream),
             self.extractors,
             progress=progress,
+            first=first,
         )
         return {p: fid.fid_from_statistics(stats[p], self.references[p][0]) for p in stats}
 
     def record(
         self, params: nnx.State, step: int, *, num_samples: int | None = None,
-        progress: bool = False,
+        progress: bool = False, first: list[np.ndarray] | None = None,
     ) -> dict:  # fmt: skip
         """The `--mode=eval` record of EMA `params` (of checkpoint `step`): FID of images
-        0..N-1 of `EVAL_STREAM` (N = `config.fid.eval_samples`) and how it was measured."""
+        0..N-1 of `EVAL_STREAM` (N = `config.fid.eval_samples`) and how it was measured
+        (`first`: gets the first `GRID_IMAGES` scored images)."""
         config = self.config
         n = int(config.fid.eval_samples if num_samples is None else num_samples)
         if n < 2:
@@ -363,7 +373,7 @@ class Evaluator:
         method = config.get("method", "ddpm")
         logging.info("FID: %d samples of %s from step %d.", n, method, step)
         started = time.perf_counter()
-        fids = self.fid(params, n, EVAL_STREAM, progress=progress)
+        fids = self.fid(params, n, EVAL_STREAM, progress=progress, first=first)
         return {
             "fid": fids,
             "num_samples": n,
@@ -455,9 +465,13 @@ def run_eval(
     params, step = sampling.load_ema_params(config, workdir, mesh, checkpoint)
     if evaluator is None:
         evaluator = Evaluator.create(config, mesh, config_file=config_file)
-    record = evaluator.record(params, step, num_samples=n, progress=is_main)
+    first: list[np.ndarray] = []
+    record = evaluator.record(params, step, num_samples=n, progress=is_main, first=first)
     record["wall_s"] = round(time.perf_counter() - started, 2)
     if is_main:
+        grid_path = Path(workdir) / OUTPUT_DIR / f"samples_{step}.png"
+        images.save_png(str(grid_path), images.grid(np.concatenate(first)))
+        record["samples_grid"] = str(grid_path)  # the first GRID_IMAGES scored images
         path = write_record(workdir, record)
         record["path"] = str(path)
         for p, value in record["fid"].items():

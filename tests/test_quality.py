@@ -52,5 +52,7 @@ def test_quality_run_stops_at_budget_then_evaluates(tmp_path, tiny_mnist_dir, fi
     model = record["model"]
     assert model["arch"] == "unet" and model["ch"] == 16 and model["ch_mult"] == [1, 2]
     assert model["num_params"] == record["num_params"] > 0
+    grid = workdir / "eval" / f"samples_{record['checkpoint_step']}.png"  # the scored images
+    assert record["samples_grid"] == str(grid) and grid.stat().st_size > 0
     assert (workdir / "fid_vs_time.png").stat().st_size > 0
     assert (workdir / "checkpoints" / str(record["train_steps"])).is_dir()

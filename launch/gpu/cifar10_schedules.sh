@@ -51,7 +51,7 @@ common=(
 [[ -n "${DATA_DIR:-}" ]] && common+=("--config.data.data_dir=$DATA_DIR")
 # shellcheck disable=SC2206
 extra=(${EXTRA_ARGS:-})
-started=$(date +%s.%N)
+started=$(date +%s%N)
 runs=("linear 1000" "linear 300" "cosine 300")
 num_steps=""
 for spec in "${runs[@]}"; do
@@ -71,7 +71,8 @@ for spec in "${runs[@]}"; do
     echo "== runs 2 and 3 train $num_steps steps, as run 1 did"
   fi
 done
-wall=$(echo "$(date +%s.%N) - $started" | bc -l)
+wall_ms=$(( ($(date +%s%N) - started) / 1000000 ))
+wall=$(( wall_ms / 1000 )).$(printf %03d $(( wall_ms % 1000 )))
 "$py" - "$root" "$wall" "$train_s" <<'EOF'
 import json, sys
 from pathlib import Path

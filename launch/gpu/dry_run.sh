@@ -8,14 +8,15 @@
 #   bash launch/gpu/dry_run.sh cifar10 cifar10_schedules
 #
 # Env: DRY_ROOT (default /tmp/djax_dry), MARGIN (default 20 MB: smaller parts, so the subset
-# still needs several calls), SUBSET (train images, default 256), and nice -n 19 throughout.
+# still needs several calls), SUBSET (train images, default 64; test: a quarter), EVAL (FID
+# samples per run, default 32). Everything runs under nice -n 19.
 set -euo pipefail
 bundle=${1:?usage: dry_run.sh BUNDLE JOB}
 job=${2:?usage: dry_run.sh BUNDLE JOB}
 cd "$(dirname "$0")/../.."
 dry=${DRY_ROOT:-/tmp/djax_dry}
 rm -rf "$dry"
-DRY_SUBSET=${SUBSET:-256} MARGIN=${MARGIN:-20000000} nice -n 19 bash launch/gpu/prepare_local.sh "$bundle"
+DRY_SUBSET=${SUBSET:-64} MARGIN=${MARGIN:-20000000} nice -n 19 bash launch/gpu/prepare_local.sh "$bundle"
 n=$(ls -d gpu_carry/"$bundle"/part* | wc -l)
 # A CPU-sized U-Net, batch and budget; every other setting is the job's config.
 small=(
@@ -23,7 +24,7 @@ small=(
   "--config.model.attn_resolutions=()" --config.model.num_groups=8 --config.model.dtype=float32
   --config.train.batch_size=32 --config.train.steps_per_call=1 --config.train.warmup_steps=10
   --config.train.log_every=10 --config.train.sample_every=20 --config.train.ckpt_every=20
-  --config.train.heldout_examples=16 --config.fid.eval_samples=64 --config.fid.batch_size=16
+  --config.train.heldout_examples=16 "--config.fid.eval_samples=${EVAL:-32}" --config.fid.batch_size=16
   --config.sample.batch_size=32 --config.sample.num_steps=5 --config.train.tensorboard=False
 )
 if [[ $job == cifar10_schedules ]]; then

@@ -31,7 +31,7 @@ parts=$root/parts/$bundle
 files=$root/files/$bundle
 weights=$files/inception-2015-12-05_fid_torchscript.pt
 mkdir -p "$parts" "$files" "$out"
-t0=$(date +%s.%N)
+t0=$(date +%s%N)
 say() { echo "[on_device $(date -u +%T)] $*"; }
 
 [[ -f gpu_carry/$bundle/part$k/blob ]] || { say "gpu_carry/$bundle/part$k was not carried"; exit 2; }
@@ -68,7 +68,7 @@ data.import_arrays(sys.argv[1], data.read_npz(sys.argv[2]), sys.argv[3], full=Fa
     "$py" -m diffusion_jax.data import --dataset="$bundle" --npz="$files/$bundle.npz" --data_dir="$tfds"
   fi
   touch "$root/setup_$bundle.done"
-  say "setup done: wheels in $root/site, $bundle in $tfds ($(echo "$(date +%s.%N) - $t0" | bc -l | cut -c1-6) s)"
+  say "setup done: wheels in $root/site, $bundle in $tfds ($(( ($(date +%s%N) - t0) / 1000000 )) ms)"
 }
 if setup_ready; then setup; else say "setup waits for more parts"; fi
 if [[ -z "$job" ]]; then
@@ -103,12 +103,13 @@ case "$job" in
 esac
 log=$out/${name}_log.txt
 say "job $job: ${cmd[*]}" | tee "$log"
-start=$(date +%s.%N)
+start=$(date +%s%N)
 set +e
 "${cmd[@]}" 2>&1 | tee -a "$log"
 rc=${PIPESTATUS[0]}
 set -e
-wall=$(echo "$(date +%s.%N) - $start" | bc -l)
+wall_ms=$(( ($(date +%s%N) - start) / 1000000 ))
+wall=$(( wall_ms / 1000 )).$(printf %03d $(( wall_ms % 1000 )))
 "$py" - "$out/${name}_command.json" "$rc" "$wall" "$job" "${cmd[*]}" <<'EOF'
 import json, sys
 path, rc, wall, job, cmd = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4], sys.argv[5]

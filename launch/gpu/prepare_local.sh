@@ -80,8 +80,8 @@ for k in $(seq 1 "$n"); do
   part=$(du -sb "gpu_carry/$bundle/part$k" | cut -f1)
   total=$((tree + part))
   ((total < limit)) || { echo "call $k: $total bytes >= 64 MiB" >&2; exit 1; }
-  printf 'call %d: carry gpu_carry/%s/part%d  tree + part = %d bytes (%.1f MiB)\n' \
-    "$k" "$bundle" "$k" "$total" "$(echo "$total / 1048576" | bc -l)"
+  printf 'call %d: carry gpu_carry/%s/part%d  tree + part = %d bytes (%d.%d MiB)\n' \
+    "$k" "$bundle" "$k" "$total" $((total / 1048576)) $((total % 1048576 * 10 / 1048576))
 done
 echo
 echo "Device calls, back to back (the machine stays warm 30 s after each):"

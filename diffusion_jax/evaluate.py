@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -32,13 +33,15 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from diffusion_jax import data, fid, methods, parallel, samplers, sampling
+from diffusion_jax import data, fid, images, methods, parallel, samplers, sampling
 from diffusion_jax.errors import UserError
 from diffusion_jax.fid import weights as fid_weights
 
+GRID_IMAGES = 64  # --mode=eval writes eval/samples_<step>.png: the first 64 scored images
 EVAL_STREAM = 2  # `fold_in(PRNGKey(config.seed), EVAL_STREAM)` seeds --mode=eval samples
 PERIODIC_STREAM = 3  # and the periodic FID during training (same images every time)
 OUTPUT_DIR = "eval"
@@ -121,12 +124,12 @@ def reference_statistics(
         channels=config.data.channels,
         progress=progress,
     )
-    images = split.images.reshape(-1, *split.images.shape[2:])
+    pixels = split.images.reshape(-1, *split.images.shape[2:])
     b = extractor.batch_size * 4
-    batches = (images[i : i + b] for i in range(0, len(images), b))
+    batches = (pixels[i : i + b] for i in range(0, len(pixels), b))
     logging.info(
         "Reference statistics: %d %s/%s images, protocol %s.",
-        len(images),
+        len(pixels),
         config.data.dataset,
         config.fid.ref_split,
         extractor.protocol,
@@ -135,7 +138,7 @@ def reference_statistics(
         batches,
         extractor,
         progress=progress,
-        total=len(images),
+        total=len(pixels),
         dataset=config.data.dataset,
         split=config.fid.ref_split,
     )
@@ -154,13 +157,17 @@ def sample_statistics(
     extractors: dict[str, fid.FeatureExtractor],
     *,
     progress: bool = False,
+    first: list[np.ndarray] | None = None,
 ) -> dict[str, fid.FidStatistics]:
-    """Streams generated batches straight into each protocol's running statistics."""
+    """Streams generated batches straight into each protocol's running statistics. With
+    `first`, the first `GRID_IMAGES` images (images 0..63 of the stream) are appended to it."""
     running = {
         p: fid.RunningStats(protocol=p, network_sha256=e.network_sha256)
         for p, e in extractors.items()
     }
     for batch in sampling.generate(generator, params, num_samples, rng, progress=progress):
+        if first is not None and batch.start < GRID_IMAGES:
+            first.append(np.asarray(batch.images[: GRID_IMAGES - batch.start]))
         for p, e in extractors.items():
             running[p].update(e.features(batch.images))
     return {p: r.finalize(dataset="samples") for p, r in running.items()}
@@ -183,6 +190,60 @@ def _sampler_record(config: ml_collections.ConfigDict) -> dict[str, Any]:
         "spacing": samplers.default_spacing(s.sampler) if s.spacing == "auto" else s.spacing,
         "guidance": float(s.guidance) if config.model.num_classes else None,
     }
+
+
+DDPM_ONLY_FIELDS = (
+    "sampler", "steps", "eta", "variance", "spacing", "guidance", "schedule", "num_timesteps",
+    "prediction",
+)  # fmt: skip
+
+
+def _model_record(config: ml_collections.ConfigDict, method: str) -> dict[str, Any]:
+    """The generating network's architecture settings (what its size follows from)."""
+    if method != "ddpm":
+        settings = config.get(method)
+        return {"arch": method, **(settings.to_dict() if settings is not None else {})}
+    m = config.model
+    if m.arch == "course":
+        keys = ("arch", "course_hidden", "course_groups", "num_classes", "dtype")
+    else:
+        keys = (
+            "arch", "ch", "ch_mult", "num_res_blocks", "attn_resolutions", "dropout",
+            "num_groups", "time_emb_dim", "num_classes", "dtype", "attention",
+        )  # fmt: skip
+    return {k: (list(m[k]) if isinstance(m[k], tuple) else m[k]) for k in keys}
+
+
+def run_description(
+    config: ml_collections.ConfigDict, params: Any, config_file: str | None = None
+) -> dict[str, Any]:
+    """What a record needs to be compared with another without the command that made it:
+    config file, method, dataset, the generating network (architecture and parameter count of
+    the EMA weights that were sampled), batch size and, for DDPM, schedule, T, prediction and
+    sampler with its steps. The DDPM-only fields are None for the other methods."""
+    method = config.get("method", "ddpm")
+    ddpm = method == "ddpm"
+    num_params = int(sum(math.prod(x.shape) for x in jax.tree.leaves(params)))
+    out: dict[str, Any] = {
+        "config_file": config_file,
+        "method": method,
+        "dataset": config.data.dataset,
+        "image_size": int(config.data.image_size),
+        "channels": int(config.data.channels),
+        "num_params": num_params,
+        "model": {**_model_record(config, method), "num_params": num_params},
+        "batch_size": int(config.train.batch_size),
+        **dict.fromkeys(DDPM_ONLY_FIELDS),
+    }
+    if ddpm:
+        d = config.diffusion
+        out.update(
+            schedule=d.schedule,
+            num_timesteps=int(d.num_timesteps),
+            prediction=d.prediction,
+            **_sampler_record(config),
+        )
+    return out
 
 
 def _steps_of(config: ml_collections.ConfigDict) -> int:
@@ -229,6 +290,7 @@ class Evaluator:
     static: Any  # the method's (DDPM: the model's graphdef)
     extractors: dict[str, fid.FeatureExtractor]
     references: dict[str, tuple[fid.FidStatistics, Path]]
+    config_file: str | None = None  # the --config file, recorded in every record
     _generators: dict[int, sampling.Generator] = dataclasses.field(default_factory=dict)
 
     @classmethod
@@ -237,6 +299,8 @@ class Evaluator:
         config: ml_collections.ConfigDict,
         mesh: Mesh | None = None,
         static: Any = None,
+        *,
+        config_file: str | None = None,
     ) -> Evaluator:
         """Reads the Inception weights and the reference statistics (computing them when
         missing: every image of the reference split, slow on a CPU)."""
@@ -257,7 +321,7 @@ class Evaluator:
             ", ".join(extractors),
             ", ".join(f"{s.count} {s.dataset}/{s.split}" for s, _ in references.values()),
         )
-        return cls(config, mesh, static, extractors, references)
+        return cls(config, mesh, static, extractors, references, config_file=config_file)
 
     @property
     def protocols(self) -> tuple[str, ...]:
@@ -280,8 +344,10 @@ class Evaluator:
         stream: int,
         *,
         progress: bool = False,
+        first: list[np.ndarray] | None = None,
     ) -> dict[str, float]:
-        """{protocol: FID} of images 0..num_samples-1 of sampling stream `stream`."""
+        """{protocol: FID} of images 0..num_samples-1 of sampling stream `stream` (with
+        `first`: the first `GRID_IMAGES` of them appended to it)."""
         stats = sample_statistics(
             self.generator(num_samples),
             params,
@@ -289,15 +355,17 @@ class Evaluator:
             stream_key(self.config, stream),
             self.extractors,
             progress=progress,
+            first=first,
         )
         return {p: fid.fid_from_statistics(stats[p], self.references[p][0]) for p in stats}
 
     def record(
         self, params: nnx.State, step: int, *, num_samples: int | None = None,
-        progress: bool = False,
+        progress: bool = False, first: list[np.ndarray] | None = None,
     ) -> dict:  # fmt: skip
         """The `--mode=eval` record of EMA `params` (of checkpoint `step`): FID of images
-        0..N-1 of `EVAL_STREAM` (N = `config.fid.eval_samples`) and how it was measured."""
+        0..N-1 of `EVAL_STREAM` (N = `config.fid.eval_samples`) and how it was measured
+        (`first`: gets the first `GRID_IMAGES` scored images)."""
         config = self.config
         n = int(config.fid.eval_samples if num_samples is None else num_samples)
         if n < 2:
@@ -305,23 +373,21 @@ class Evaluator:
         method = config.get("method", "ddpm")
         logging.info("FID: %d samples of %s from step %d.", n, method, step)
         started = time.perf_counter()
-        fids = self.fid(params, n, EVAL_STREAM, progress=progress)
+        fids = self.fid(params, n, EVAL_STREAM, progress=progress, first=first)
         return {
             "fid": fids,
             "num_samples": n,
             "checkpoint_step": int(step),
-            "method": method,
+            **run_description(config, params, self.config_file),
             "seed": int(config.seed),
             "sample_stream": EVAL_STREAM,
             "image_indices": [0, n],  # images i in [0, n) of fold_in(PRNGKey(seed), stream)
-            **(_sampler_record(config) if method == "ddpm" else {}),
             "protocols": list(self.protocols),
             "reference": {
                 p: {"path": str(path), "dataset": s.dataset, "split": s.split, "count": s.count}
                 for p, (s, path) in self.references.items()
             },
             "network_sha256": next(iter(self.extractors.values())).network_sha256,
-            "dataset": config.data.dataset,
             "sampling_and_features_wall_s": round(time.perf_counter() - started, 2),
             "device": _device_description(),
             "jax": jax.__version__,
@@ -383,6 +449,7 @@ def run_eval(
     *,
     checkpoint: str | None = None,
     evaluator: Evaluator | None = None,
+    config_file: str | None = None,
 ) -> dict:
     """`--mode=eval`: FID of a checkpoint's EMA samples; writes and returns the JSON record.
 
@@ -397,10 +464,14 @@ def run_eval(
     is_main = parallel.is_main_process()
     params, step = sampling.load_ema_params(config, workdir, mesh, checkpoint)
     if evaluator is None:
-        evaluator = Evaluator.create(config, mesh)
-    record = evaluator.record(params, step, num_samples=n, progress=is_main)
+        evaluator = Evaluator.create(config, mesh, config_file=config_file)
+    first: list[np.ndarray] = []
+    record = evaluator.record(params, step, num_samples=n, progress=is_main, first=first)
     record["wall_s"] = round(time.perf_counter() - started, 2)
     if is_main:
+        grid_path = Path(workdir) / OUTPUT_DIR / f"samples_{step}.png"
+        images.save_png(str(grid_path), images.grid(np.concatenate(first)))
+        record["samples_grid"] = str(grid_path)  # the first GRID_IMAGES scored images
         path = write_record(workdir, record)
         record["path"] = str(path)
         for p, value in record["fid"].items():

@@ -61,6 +61,7 @@ class RunArgs:
 
     workdir: str
     checkpoint: str | None
+    config_file: str | None = None  # the --config file (recorded in FID records)
 
 
 def _train(config: ml_collections.ConfigDict, args: RunArgs) -> None:
@@ -72,7 +73,9 @@ def _sample(config: ml_collections.ConfigDict, args: RunArgs) -> None:
 
 
 def _eval(config: ml_collections.ConfigDict, args: RunArgs) -> None:
-    evaluate.run_eval(config, args.workdir, checkpoint=args.checkpoint)
+    evaluate.run_eval(
+        config, args.workdir, checkpoint=args.checkpoint, config_file=args.config_file
+    )
 
 
 def _fid_stats(config: ml_collections.ConfigDict, args: RunArgs) -> None:
@@ -80,11 +83,13 @@ def _fid_stats(config: ml_collections.ConfigDict, args: RunArgs) -> None:
 
 
 def _train_and_eval(config: ml_collections.ConfigDict, args: RunArgs) -> None:
-    train.train_and_eval(config, args.workdir)
+    train.train_and_eval(config, args.workdir, config_file=args.config_file)
 
 
 def _eval_watch(config: ml_collections.ConfigDict, args: RunArgs) -> None:
-    watch.run_watch(config, args.workdir, timeout_s=FLAGS.watch_timeout)
+    watch.run_watch(
+        config, args.workdir, timeout_s=FLAGS.watch_timeout, config_file=args.config_file
+    )
 
 
 def _edit(config: ml_collections.ConfigDict, args: RunArgs) -> None:
@@ -245,7 +250,8 @@ def _run_mode() -> int:
         check_workdir(FLAGS.workdir)
         check_data(config, FLAGS.mode)
         methods.validate_config(config)
-        MODES[FLAGS.mode](config, RunArgs(FLAGS.workdir, FLAGS.checkpoint))
+        config_file = config_flags.get_config_filename(FLAGS["config"])
+        MODES[FLAGS.mode](config, RunArgs(FLAGS.workdir, FLAGS.checkpoint, config_file))
     except train.TrainingStopped as e:
         logging.warning("%s", e)
         # A stopped training run is a clean stop (as one stopped after saving); another mode

@@ -434,17 +434,21 @@ def _loop(
 QUALITY_FILE = "quality.json"
 
 
-def train_and_eval(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def train_and_eval(
+    config: ml_collections.ConfigDict, workdir: str, *, config_file: str | None = None
+) -> dict:
     """The quality run: train (up to `config.train.time_budget_s`), then FID of the result.
 
     Writes `workdir/quality.json`: the `--mode=eval` record plus training wall time, images
     seen and the budget, and `workdir/fid_vs_time.png` when periodic FID was on. One
     `evaluate.Evaluator` (Inception extractors, reference statistics, generators) serves the
     periodic FID and the final eval; it is built before training, outside the time budget.
+    The record says what was run (`evaluate.run_description`: config file, dataset, schedule,
+    T, model size, batch, sampler), so records compare without their commands.
     """
     started = time.monotonic()
     methods.validate_config(config)
-    evaluator = evaluate.Evaluator.create(config)
+    evaluator = evaluate.Evaluator.create(config, config_file=config_file)
     train_started = time.monotonic()
     with StopRequest() as stop:
         state = train_and_evaluate(config, workdir, evaluate_fn=evaluator.periodic(), stop=stop)

@@ -268,6 +268,7 @@ def run_watch(
     *,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     poll_s: float = POLL_S,
+    config_file: str | None = None,
 ) -> dict:
     """`--mode=eval_watch`: evaluate each checkpoint of `workdir` as training writes it."""
     methods.validate_config(config)
@@ -276,7 +277,7 @@ def run_watch(
         raise UserError(f"config.fid.eval_samples={n} must be >= 2 (50000 is the standard).")
     mesh = parallel.make_mesh()
     static, _ = methods.abstract_state(config)
-    evaluator = evaluate.Evaluator.create(config, mesh, static)
+    evaluator = evaluate.Evaluator.create(config, mesh, static, config_file=config_file)
     metrics = extra_metrics(config, mesh, static)
     is_main = parallel.is_main_process()
     writer = writers.create_writer(

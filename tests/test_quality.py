@@ -44,5 +44,15 @@ def test_quality_run_stops_at_budget_then_evaluates(tmp_path, tiny_mnist_dir, fi
     assert result.stderr.count("FID evaluator ready") == 1  # built once: periodic + final eval
     for key in ("sampler", "steps", "device", "train_wall_s", "time_budget_s", "wall_s"):
         assert key in record
+    # What was run, without the command: config file, data, schedule, model size, batch, sampler.
+    assert record["config_file"].endswith("configs/tiny.py") and record["method"] == "ddpm"
+    assert record["dataset"] == "mnist" and record["batch_size"] == 32
+    assert record["schedule"] == "linear" and record["num_timesteps"] == 100
+    assert record["sampler"] == "ddim" and record["steps"] == 10
+    model = record["model"]
+    assert model["arch"] == "unet" and model["ch"] == 16 and model["ch_mult"] == [1, 2]
+    assert model["num_params"] == record["num_params"] > 0
+    grid = workdir / "eval" / f"samples_{record['checkpoint_step']}.png"  # the scored images
+    assert record["samples_grid"] == str(grid) and grid.stat().st_size > 0
     assert (workdir / "fid_vs_time.png").stat().st_size > 0
     assert (workdir / "checkpoints" / str(record["train_steps"])).is_dir()

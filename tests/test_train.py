@@ -185,7 +185,7 @@ def test_quality_run_stopped_by_a_signal_saves_and_skips_the_final_fid(monkeypat
     def no_eval(*args, **kwargs):
         raise AssertionError("the final FID must not run after a stop request")
 
-    monkeypatch.setattr(evaluate.Evaluator, "create", staticmethod(lambda c: FakeEvaluator()))
+    monkeypatch.setattr(evaluate.Evaluator, "create", staticmethod(lambda c, **kw: FakeEvaluator()))
     monkeypatch.setattr(train, "train_and_evaluate", trained_until_sigterm)
     monkeypatch.setattr(evaluate, "run_eval", no_eval)
     with pytest.raises(train.TrainingStopped, match="saved at step 7; the final FID was not"):

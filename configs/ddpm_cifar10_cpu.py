@@ -4,7 +4,7 @@ results/baselines.md trains every method of a dataset on the same number of trai
 (here 100 steps at batch 64 = 6,400 images, with `--config.train.time_budget_s=0`; the 8-minute
 default budget is for a quick run on its own). This is Ho et al.'s recipe with T = 300 (the course
 reports' setting) on a small U-Net (ch 32, mult (1, 2, 2), one block per level, no attention:
-about 0.9M parameters), batch 64, Adam 1e-3, EMA by half-life (10k images, EDM's ramp-up).
+1,063,651 parameters), batch 64, Adam 1e-3, EMA by half-life (10k images, EDM's ramp-up).
 `ddpm_cosine_cifar10_cpu.py` is the same with the cosine schedule.
 """
 

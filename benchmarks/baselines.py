@@ -3,14 +3,14 @@
     python benchmarks/baselines.py --runs=RUNS.json --out=results/baselines.json
 
 RUNS.json: [{"name": ..., "config": "configs/x.py", "workdir": DIR, "overrides": {"a.b": v},
-"train_wall_s": seconds, "train_cpu_s": user + system seconds}, ...]. For every run: the EMA weights of its latest checkpoint generate
-`--samples` images (image i from key i of the eval stream, as `--mode=eval`), timed after a warm-up
-batch (sampling speed on this machine), and their Inception features (TTUR's TF protocol) are
-compared with a reference of real images of the same dataset. Because the standard reference (all
-train images) takes hours of Inception on a CPU, the reference here is the first `--ref` test
-images, and the protocol's floor is printed beside it: the FID of the next `--samples` real test
-images against that reference. Only FIDs of the same N and reference compare; this is not the
-50k-sample standard FID of results/fid.md.
+"train_wall_s": seconds, "train_cpu_s": user + system seconds}, ...]. For every run: the EMA weights
+of its latest checkpoint generate `--samples` images (image i from key i of the eval stream, as
+`--mode=eval`), timed after a warm-up batch (sampling speed on this machine), and their Inception
+features (TTUR's TF protocol) are compared with a reference of real images of the same dataset.
+Because the standard reference (all train images) takes hours of Inception on a CPU, the reference
+here is the first `--ref` test images, and the protocol's floor is printed beside it: the FID of the
+next `--samples` real test images against that reference. Only FIDs of the same N and reference
+compare; this is not the 50k-sample standard FID of results/fid.md.
 """
 
 from __future__ import annotations

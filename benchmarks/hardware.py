@@ -11,9 +11,13 @@ Unknown devices (every CPU) have no peak: their MFU is reported as n/a, never gu
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import os
 import platform
+import shutil
+import subprocess
+import sys
 
 # (substrings that must all occur in the device kind, lower case) -> TFLOP/s by arithmetic.
 # Order matters: the first match wins (PCIe / NVL before the SXM default).
@@ -44,10 +48,49 @@ def _version(package: str) -> str | None:
 
 
 def versions() -> dict[str, str | None]:
-    names = ("jax", "jaxlib", "flax", "optax", "numpy", "torch", "diffusers")
+    """Package versions, plus the CUDA/cuDNN builds of torch and JAX's backend when loaded."""
+    names = ("jax", "jaxlib", "jax-cuda12-plugin", "jax-cuda13-plugin", "flax", "optax")
+    names += ("numpy", "torch", "diffusers")
     out: dict[str, str | None] = {"python": platform.python_version()}
     out |= {n: _version(n) for n in names}
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        out["torch_cuda"] = torch.version.cuda
+        cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+        out["torch_cudnn"] = None if cudnn is None else str(cudnn)
+    jax = sys.modules.get("jax")
+    if jax is not None:
+        with contextlib.suppress(Exception):  # informational only
+            out["jax_backend"] = jax.devices()[0].client.platform_version
     return out
+
+
+def gpu_info() -> dict[str, str]:
+    """NVIDIA GPU name, driver and memory from nvidia-smi (without starting CUDA), else the
+    kernel driver's version file; empty without an NVIDIA GPU."""
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        fields = "name,driver_version,memory.total"
+        try:
+            out = subprocess.run(
+                [smi, f"--query-gpu={fields}", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=20,
+                check=True,
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            out = ""
+        if out:
+            first = [x.strip() for x in out.splitlines()[0].split(",")]
+            info = dict(zip(("name", "driver", "memory"), first, strict=False))
+            info["count"] = str(len(out.splitlines()))
+            return info
+    try:
+        with open("/proc/driver/nvidia/version") as f:
+            return {"driver": f.readline().strip()}
+    except OSError:
+        return {}
 
 
 def cpu_name() -> str:

@@ -8,7 +8,9 @@
 - fid: `fid.FeatureExtractor.features` on uint8 images (strict float32, `Precision.HIGHEST`).
 
 Every row: compile and warm up first (excluded), then `repeats` timed repeats, each ended by
-`jax.block_until_ready`; the median is reported.
+`jax.block_until_ready`; the median is reported. A row may then be traced (`profile`: a callable
+that gets the timed row and returns a trace directory, or None for no trace): a few steps under
+`jax.profiler.trace`, summarised into the top ops (`benchmarks.profile_summary`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import functools
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +28,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from benchmarks import flops, hardware
+from benchmarks import flops, hardware, profile_summary
 from benchmarks.results import Row, time_repeats
 from diffusion_jax import parallel, samplers, sampling, train
 from diffusion_jax import state as state_lib
@@ -43,6 +45,23 @@ def _peak(mesh: Mesh, arithmetic: str) -> float | None:
 
 def _device(mesh: Mesh) -> str:
     return f"{parallel.num_devices(mesh)} x {mesh.devices.flat[0].device_kind}"
+
+
+Profile = Callable[[Row], str | None]
+
+
+def _trace(row: Row, profile: Profile | None, run: Callable[[], object]) -> None:
+    """Traces `run()` into `profile(row)` (when that is a directory) and summarises the trace."""
+    trace_dir = profile(row) if profile else None
+    if not trace_dir:
+        return
+    os.makedirs(trace_dir, exist_ok=True)
+    start = time.perf_counter()
+    with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+        jax.block_until_ready(run())
+    row.extra["profile"] = trace_dir
+    row.extra["top_ops"] = profile_summary.summarize(trace_dir)
+    row.extra["profile_s"] = time.perf_counter() - start
 
 
 @functools.lru_cache(maxsize=4)
@@ -68,7 +87,7 @@ def bench_train(
     steps: int,
     repeats: int,
     num_examples: int,
-    profile_dir: str | None = None,
+    profile: Profile | None = None,
 ) -> Row:
     """`steps` optimizer updates per repeat, as `ceil(steps / steps_per_call)` calls."""
     config = config.copy_and_resolve_references()
@@ -106,12 +125,7 @@ def bench_train(
     jax.block_until_ready(run_calls(1))  # compiles, then runs: excluded
     row.extra["compile_and_first_call_s"] = time.perf_counter() - start
     row.seconds = time_repeats(lambda: run_calls(calls), repeats, jax.block_until_ready)
-    if profile_dir:
-        trace_dir = os.path.join(profile_dir, f"train_{name}_b{b}_{dtype}_k{steps_per_call}")
-        os.makedirs(trace_dir, exist_ok=True)
-        with jax.profiler.trace(trace_dir):
-            jax.block_until_ready(run_calls(max(1, 3 // steps_per_call)))  # a few steps
-        row.extra["profile"] = trace_dir
+    _trace(row, profile, lambda: run_calls(max(1, 3 // steps_per_call)))  # a few steps
     return row
 
 
@@ -136,6 +150,7 @@ def bench_sample(
     e2e_repeats: int,
     solver_steps: int = 20,
     solvers: Sequence[str] = SOLVERS,
+    profile: Profile | None = None,
 ) -> list[Row]:
     """DDPM per step (a `short_steps` chain on a T=`short_steps` schedule: the same network and
     update per step as T=1000), then full chains: DDPM (T steps), DDIM (`config.sample.num_steps`)
@@ -193,6 +208,8 @@ def bench_sample(
         if full:
             row.extra["seconds_per_batch"] = row.median_s
             row.extra["images_per_s"] = batch / row.median_s
+        else:  # the short chain: the per-step row a trace is for
+            _trace(row, profile, lambda compiled=compiled: compiled(params, key, jnp.int32(0)))
         rows.append(row)
     return rows
 
@@ -206,6 +223,7 @@ def bench_fid(
     batches: int,
     repeats: int,
     weights_path: str | None,
+    profile: Profile | None = None,
 ) -> Row:
     """Inception pool3 features of `batches` x `batch` uint8 images of `config`'s shape,
     through the public `features()` (host uint8 in, host float32 features out)."""
@@ -243,6 +261,7 @@ def bench_fid(
     extractor.features(images[:batch])  # compiles
     row.extra["compile_and_first_call_s"] = time.perf_counter() - start
     row.seconds = time_repeats(lambda: extractor.features(images), repeats, lambda x: x)
+    _trace(row, profile, lambda: extractor.features(images[:batch]))  # one batch
     return row
 
 

@@ -79,20 +79,94 @@ def time_repeats(run: Callable[[], Any], repeats: int, sync: Callable[[Any], Any
     return seconds
 
 
+def peer_of(row: Row) -> str:
+    """Which of our workloads a peer row mirrors ("train" for rows written before sampling and
+    FID peers existed)."""
+    return row.extra.get("of", "train")
+
+
+def _compares_with_peer(row: Row) -> bool:
+    """Ours with a peer counterpart: train rows, DDPM rows per network call, FID rows."""
+    if row.workload == "sample":
+        return row.extra.get("sampler") == "ddpm" and row.unit == "img*steps/s"
+    return row.workload in ("train", "fid")
+
+
 def set_peer_ratios(rows: list[Row]) -> None:
-    """`vs_peer` of each JAX train row: its throughput over the fastest peer row measured at the
-    same config, batch and dtype."""
+    """`vs_peer` of each of our rows with a peer counterpart: its throughput over the fastest
+    peer row of the same workload at the same config, batch and dtype; the ratio to each peer
+    implementation is in `extra["vs_peers"]`."""
     for row in rows:
-        if row.workload != "train" or row.throughput is None:
+        if row.workload == "peer" or row.throughput is None or not _compares_with_peer(row):
             continue
-        peers = [
-            p.throughput
-            for p in rows
-            if p.workload == "peer"
-            and p.throughput
-            and (p.config, p.batch, p.dtype) == (row.config, row.batch, row.dtype)
-        ]
-        row.vs_peer = row.throughput / max(peers) if peers else None
+        peers = {}
+        for p in rows:
+            if (
+                p.workload == "peer"
+                and p.throughput
+                and peer_of(p) == row.workload
+                and (p.config, p.batch, p.dtype) == (row.config, row.batch, row.dtype)
+            ):
+                peers[p.impl] = max(peers.get(p.impl, 0.0), p.throughput)
+        row.vs_peer = row.throughput / max(peers.values()) if peers else None
+        if peers:
+            row.extra["vs_peers"] = {impl: row.throughput / t for impl, t in peers.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class Goal:
+    """Ours >= `ratio` x the fastest peer, for rows of `workload` (and `dtype`, `batch` if set)."""
+
+    workload: str
+    ratio: float
+    dtype: str | None = None
+    batch: int | None = None
+
+    def applies(self, row: Row) -> bool:
+        return (
+            row.workload == self.workload
+            and _compares_with_peer(row)
+            and self.dtype in (None, row.dtype)
+            and self.batch in (None, row.batch)
+        )
+
+    def __str__(self) -> str:
+        parts = [self.workload, self.dtype or "", "" if self.batch is None else f"b{self.batch}"]
+        return f"{' '.join(p for p in parts if p)} >= {self.ratio:g}x peer"
+
+
+def parse_goals(text: str) -> list[Goal]:
+    """`WORKLOAD[:DTYPE[:BATCH]]=RATIO,...`, e.g. `train:bfloat16:128=2.5,sample=1.4`."""
+    goals = []
+    for item in (x.strip() for x in text.split(",")):
+        if not item:
+            continue
+        key, _, ratio = item.partition("=")
+        workload, dtype, batch = (key.split(":") + ["", ""])[:3]
+        goals.append(Goal(workload, float(ratio), dtype or None, int(batch) if batch else None))
+    return goals
+
+
+def goal_of(row: Row, goals: list[Goal]) -> Goal | None:
+    return next((g for g in goals if g.applies(row)), None)
+
+
+def set_goals(rows: list[Row], goals: list[Goal]) -> list[str]:
+    """Marks `extra["goal"]` / `extra["goal_met"]` on our rows and returns one line per row."""
+    lines = []
+    for row in rows:
+        goal = goal_of(row, goals)
+        if goal is None or row.workload == "peer":
+            continue
+        row.extra["goal"] = goal.ratio
+        met = None if row.vs_peer is None else row.vs_peer >= goal.ratio
+        row.extra["goal_met"] = met
+        verdict = {True: "met", False: "MISSED", None: "no peer measured"}[met]
+        ratio = "n/a" if row.vs_peer is None else f"{row.vs_peer:.2f}x"
+        lines.append(
+            f"- goal {goal}: {row.config} {row.dtype} b{row.batch} {row.what}: {ratio}, {verdict}"
+        )
+    return lines
 
 
 def _fmt(value: float | None, spec: str) -> str:

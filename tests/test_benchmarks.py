@@ -111,6 +111,7 @@ def test_tiny_run_end_to_end(tmp_path: Path):
         "--sample_short_steps=2",
         "--fid_batch=1",
         "--fid_batches=1",
+        "--sample_batch=4",
         f"--profile_dir={tmp_path / 'profile'}",
         f"--json={out}",
     ]
@@ -159,9 +160,106 @@ def test_tiny_run_end_to_end(tmp_path: Path):
         assert fid["throughput"] > 0 and fid["dtype"] == "float32-strict"
 
     peer = [r for r in rows if r["workload"] == "peer"]
-    assert peer
+    assert {r["extra"].get("of", "train") for r in peer} == {"train", "sample", "fid"}
     for r in peer:
         if r["skipped"]:
-            assert "install .[bench]" in r["skipped"]
+            assert "install .[bench]" in r["skipped"] or "TorchScript" in r["skipped"]
+        elif r["extra"]["of"] == "fid":
+            assert r["throughput"] > 0 and r["dtype"] == "float32-strict"
         else:
             assert r["throughput"] > 0 and r["extra"]["params"] == tiny.params
+    if not any(r["skipped"] for r in peer):  # ratios on our DDPM-step and FID rows
+        assert sample[0]["vs_peer"] > 0 and "torch eager" in sample[0]["extra"]["vs_peers"]
+        assert fid["skipped"] or fid["vs_peer"] > 0
+    for r in train:
+        assert r["extra"]["top_ops"]["ops"], r["extra"]["top_ops"]
+
+
+def test_profile_summary_of_a_cpu_trace(tmp_path: Path):
+    from benchmarks import profile_summary
+
+    f = jax.jit(lambda x: jnp.tanh(x @ x) @ x + 1)
+    x = jnp.ones((256, 256))
+    f(x).block_until_ready()
+    with jax.profiler.trace(str(tmp_path), create_perfetto_trace=True):
+        for _ in range(3):
+            f(x).block_until_ready()
+    summary = profile_summary.summarize(tmp_path, top=5)
+    assert "XLA:CPU" in summary["source"] and summary["total_ms"] > 0
+    ops = summary["ops"]
+    assert ops and all(op["count"] == 3 for op in ops)  # one event per call
+    assert sum(op["share"] for op in ops) == pytest.approx(1.0)
+    assert ops == sorted(ops, key=lambda op: -op["total_ms"])
+    assert "top ops by self time" in profile_summary.format_summary("t", summary)
+
+
+def test_profile_summary_device_lines_use_self_time():
+    """A GPU-shaped trace: the XLA Ops line is used (a while op's body is not counted twice),
+    the stream kernels are summarised apart, host events are ignored."""
+    from benchmarks import profile_summary
+
+    def meta(pid, name, tid=None):
+        kind = "thread_name" if tid is not None else "process_name"
+        return {"ph": "M", "pid": pid, "tid": tid, "name": kind, "args": {"name": name}}
+
+    def x(pid, tid, name, ts, dur):
+        return {"ph": "X", "pid": pid, "tid": tid, "name": name, "ts": ts, "dur": dur}
+
+    events = [
+        meta(1, "/host:CPU"),
+        meta(2, "/device:GPU:0"),
+        meta(2, "XLA Ops", tid=10),
+        meta(2, "Stream #7(Compute)", tid=11),
+        x(1, 1, "PjitFunction(train)", 0, 1000),
+        x(2, 10, "while.3", 0, 100),
+        x(2, 10, "fusion.1", 10, 30),
+        x(2, 10, "convolution.2", 50, 40),
+        x(2, 11, "sm90_xmma_fprop", 50, 40),
+    ]
+    summary = profile_summary.summarize_events(events)
+    ops = {op["name"]: op for op in summary["ops"]}
+    assert set(ops) == {"while.3", "fusion.1", "convolution.2"}
+    assert ops["while.3"]["total_ms"] == pytest.approx(0.030)  # 100 - 30 - 40 us
+    assert ops["convolution.2"]["share"] == pytest.approx(0.4)
+    assert summary["kernels"][0]["name"] == "sm90_xmma_fprop"
+    kinds = {k["name"] for k in summary["kinds"]}
+    assert kinds == {"while", "fusion", "convolution"}
+
+
+def test_plan_and_goals_parse():
+    from benchmarks import run
+    from benchmarks.results import goal_of, parse_goals
+
+    args = run.parse_args(["--plan=train:cifar10:bfloat16:128:1+8,sample:cifar10:bfloat16:1000,"
+                           "fid:cifar10:500,train:mnist:float32:256"])  # fmt: skip
+    assert args.plan[0] == run.Item("train", "cifar10", "bfloat16", 128, (1, 8))
+    assert args.plan[1] == run.Item("sample", "cifar10", "bfloat16", 1000)
+    assert args.plan[2] == run.Item("fid", "cifar10", "float32-strict", 500)
+    assert args.plan[3].ks == (1,)
+    goals = parse_goals(run.GOALS)
+    row = Row("train", "cifar10", "jax", "bfloat16", 512, "", "img/s", 1.0, [1.0])
+    assert goal_of(row, goals).ratio == 1.6
+    sample = Row("sample", "cifar10", "jax", "bfloat16", 1000, "", "img*steps/s", 1.0, [1.0])
+    sample.extra["sampler"] = "ddpm"
+    assert goal_of(sample, goals).ratio == 1.4
+    with pytest.raises(SystemExit):
+        run.parse_args(["--plan=train:cifar10:bfloat16"])
+
+
+def test_torch_fid_peer_matches_ours():
+    """The peer FID row computes our features (same network, same resize) in torch."""
+    pytest.importorskip("torch")
+    from conftest import FID_WEIGHTS
+
+    if not FID_WEIGHTS.is_file():
+        pytest.skip(f"FID TorchScript weights not found at {FID_WEIGHTS}")
+    import numpy as np
+
+    from benchmarks import peer
+    from diffusion_jax.fid import FeatureExtractor
+
+    images = np.random.default_rng(1).integers(0, 256, (3, 28, 28, 1), dtype=np.uint8)
+    theirs = peer.TorchFid(str(FID_WEIGHTS), (28, 28, 1)).features(images, 2)
+    ours = FeatureExtractor(str(FID_WEIGHTS), "tf", batch_size=2).features(images)
+    err = np.linalg.norm(theirs - ours, axis=1) / np.linalg.norm(ours, axis=1)
+    assert err.max() <= 1e-4

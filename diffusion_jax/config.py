@@ -108,33 +108,34 @@ def base_config() -> ml_collections.ConfigDict:
 
     # --mode=edit (diffusion_jax/editing.py): the toolbox of diffusion_jax/edit/ on the EMA
     # weights, writing labelled figures and edit/<kind>.npz into the workdir. Defaults are the
-    # demos of results/applications.md (class-conditional MNIST, T = 1000); the T-dependent ones
-    # left at their defaults (noise_levels, stride, inpaint_stride, i_start, translate_i_start)
-    # are scaled to the model's T by editing.resolve_defaults.
+    # demos of results/applications.md (class-conditional MNIST, T = 1000). The T-dependent ones
+    # (noise_levels, stride, inpaint_stride, i_start, translate_i_start) default to "auto"
+    # (0, (), -1): the T = 1000 demo value (in brackets below) scaled to the model's T by
+    # editing.resolve_defaults. Any value you set is used as given.
     c.edit = ed = ml_collections.ConfigDict()
     ed.kind = "denoise"  # denoise | sdedit | inpaint | translate | anagram | hybrid
     ed.indices = "0-7"  # images of ed.split by index ("0-7", "3,5,9"); used when ed.images = ""
     ed.split = "test"
     ed.images = ""  # comma-separated PNG/JPEG files (any size/mode) in place of dataset images
     ed.invert_input = "auto"  # files: invert? "auto" = grey models and a light border
-    ed.stride = 30  # strided timesteps k * stride (990, 960, ..., 0 for T = 1000)
+    ed.stride = 0  # strided timesteps k * stride; 0 = auto [30: 990, 960, ..., 0; 34 steps]
     ed.eta = 1.0  # 1 = ancestral DDPM step over each strided pair, 0 = DDIM
     ed.guidance = 3.0  # classifier-free guidance of the class-guided kinds (1 = plain cond.)
     ed.label = -1  # sdedit/inpaint: >= 0 guides to this class; -1 = no class (null label)
     # denoise: forward process and blur | one-step | iterative at these t (and the PSNR table)
-    ed.noise_levels = (250, 500, 750)
+    ed.noise_levels = ()  # () = auto [(250, 500, 750), i.e. T/4, T/2, 3T/4]
     ed.blur_kernel = 5
     ed.blur_sigma = 2.0
     ed.psnr_images = 0  # > 0: PSNR table on this many test images (edit/psnr.json, psnr.md)
     # sdedit/translate start: index into the strided grid (0 = noisiest) or diffusers' strength
-    ed.i_start = (1, 3, 5, 7, 10, 20)
+    ed.i_start = ()  # () = auto [(1, 3, 5, 7, 10, 20) of the 34-step grid]
     ed.strength = ()  # non-empty: these strengths in (0, 1] replace i_start
-    ed.translate_i_start = 10  # translate: the start (one column per target class)
+    ed.translate_i_start = -1  # translate: the start (a column per target); -1 = auto [10]
     ed.targets = ""  # translate: target classes; "" = every class
     # inpaint: mask = centre | half | strokes | a PNG (white = 1) or .npy file of 0/1
     ed.mask = "centre"
     ed.mask_convention = "keep"  # masks are 1 = keep (known pixels); "fill": 1 = generate
-    ed.inpaint_stride = 4  # RePaint's 250 levels of T = 1000
+    ed.inpaint_stride = 0  # RePaint's levels k * inpaint_stride; 0 = auto [4: 250 levels]
     ed.jump_length = 10  # RePaint j
     ed.jump_count = 10  # RePaint r (1 = plain replacement)
     # anagram / hybrid: class pairs "a,b;c,d" (anagram: a as is, b under ed.view; hybrid: a low

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import logging
 import os
 import sys
@@ -42,10 +41,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from diffusion_jax import diffusion, edit, images, parallel, samplers, sampling
+from diffusion_jax import diffusion, edit, images, parallel, samplers, sampling, writers
 from diffusion_jax import state as state_lib
 from diffusion_jax.errors import UserError
-from diffusion_jax.fid import quantize
+from diffusion_jax.pixels import quantize
 
 DIP_PRIOR_STREAM = 6
 DIP_REPORT = os.path.join("report", "dip.npz")
@@ -287,8 +286,7 @@ def run(
     }
     if parallel.is_main_process():
         os.makedirs(out, exist_ok=True)
-        with open(os.path.join(out, "dip_prior.json"), "w", encoding="utf-8") as f:
-            json.dump(table, f, indent=1)
+        writers.write_json(os.path.join(out, "dip_prior.json"), table, indent=1)
         with open(os.path.join(out, "dip_prior.md"), "w", encoding="utf-8") as f:
             f.write(markdown(table))
         np.savez(

@@ -12,13 +12,14 @@ centre-cropped to a square (the shorter side), resized with Lanczos to image_siz
 when `edit.invert_input` says so ("auto": on grey models when the border is light, since MNIST
 digits are light on dark). Figures show the file as read beside the converted input.
 
-Timesteps: the defaults of config.py's `edit` section are the demos of a T = 1000 model
-(noise levels 250/500/750, stride 30 = 34 strided steps, inpaint stride 4 = 250 levels, SDEdit
-starts on the 34-step grid). On a model with another T, a setting left at its default is scaled
-to T (`resolve_defaults`, logged): noise levels at the same fractions of T, strides giving the
-same number of steps, start indices at the same fractions of the grid. A value the user sets
-(anything but the T = 1000 default) is used as given, and refused naming the setting if it does
-not fit T.
+Timesteps: the T-dependent settings (noise_levels, stride, inpaint_stride, i_start,
+translate_i_start) default to "auto" (0, or () for the tuples, or -1 for translate_i_start),
+which `resolve_defaults` fills in (logged) with the demos of a T = 1000 model (noise levels
+250/500/750, stride 30 = 34 strided steps, inpaint stride 4 = 250 levels, SDEdit starts on the
+34-step grid) scaled to the model's T: noise levels at the same fractions of T, strides giving
+the same number of steps, start indices at the same fractions of the grid. A value the user
+sets is used as given (also one equal to a T = 1000 demo value), and refused naming the
+setting if it does not fit T.
 
 Randomness: image i of a run has the key `fold_in(fold_in(PRNGKey(seed), EDIT_STREAM), i)`
 (`samplers.image_keys`), the same in every column of a figure and in the PSNR table.
@@ -27,7 +28,6 @@ Randomness: image i of a run has the key `fold_in(fold_in(PRNGKey(seed), EDIT_ST
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -40,26 +40,33 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from diffusion_jax import config as config_lib
-from diffusion_jax import data, diffusion, edit, images, parallel, samplers, sampling
+from diffusion_jax import data, diffusion, edit, images, parallel, samplers, sampling, writers
 from diffusion_jax import state as state_lib
 from diffusion_jax.errors import UserError
-from diffusion_jax.fid import quantize
+from diffusion_jax.pixels import quantize
 
 EDIT_STREAM = 5
 OUTPUT_DIR = "edit"
 KINDS = ("denoise", "sdedit", "inpaint", "translate", "anagram", "hybrid")
 NEEDS_CLASSES = ("translate", "anagram", "hybrid")
 PSNR_BATCH = 250
-DEFAULTS_T = 1000  # the num_timesteps config.py's edit defaults are written for
-# The T-dependent edit settings at T = 1000 (config.py's defaults): a setting left at its
-# default gets these, scaled to the model's T by `resolve_defaults`.
+REFERENCE_T = 1000  # the num_timesteps the demos of results/applications.md were made for
+# The T-dependent edit settings' demo values at T = REFERENCE_T. In config.py these settings
+# default to AUTO (0, (), or -1 for translate_i_start, where 0 is a valid start): "the demo
+# value scaled to the model's T", filled in by `resolve_defaults`.
 REFERENCE = {
     "noise_levels": (250, 500, 750),
     "stride": 30,  # 34 steps 990 .. 0
     "inpaint_stride": 4,  # RePaint's 250 levels
     "i_start": (1, 3, 5, 7, 10, 20),  # indices into the 34-step grid
     "translate_i_start": 10,
+}
+AUTO = {
+    "noise_levels": (),
+    "stride": 0,
+    "inpaint_stride": 0,
+    "i_start": (),
+    "translate_i_start": -1,
 }
 
 
@@ -70,55 +77,56 @@ def _round(x: float) -> int:
     return int(math.floor(x + 0.5))  # half up, not Python's half to even
 
 
-def _at_default(e, defaults, name: str) -> bool:
-    v, d = e[name], defaults[name]
-    if isinstance(d, tuple):
-        return isinstance(v, (tuple, list)) and tuple(v) == d
-    return type(v) is type(d) and v == d
+def _is_auto(e, name: str) -> bool:
+    v, auto = e[name], AUTO[name]
+    if isinstance(auto, tuple):
+        return isinstance(v, (tuple, list)) and len(v) == 0
+    return type(v) is int and v == auto
 
 
 def resolve_defaults(
     config: ml_collections.ConfigDict,
 ) -> tuple[ml_collections.ConfigDict, list[str]]:
-    """A copy of `config` whose T-dependent edit settings still at config.py's defaults are the
-    T = 1000 demos (`REFERENCE`) scaled to `config.diffusion.num_timesteps` (see the module
-    doc), and one note per change.
+    """A copy of `config` whose T-dependent edit settings left at AUTO hold the T = 1000 demos
+    (`REFERENCE`) scaled to `config.diffusion.num_timesteps` (see the module doc), and one note
+    per setting filled in (empty when none was AUTO).
 
-    For T = 300: noise_levels (250, 500, 750) -> (75, 150, 225), stride 30 -> 9 (34 steps,
-    297 .. 0), inpaint_stride 4 -> 1 (300 levels); i_start and translate_i_start keep their
-    values while the strided grid has 34 steps, else move to the same fractions of the grid.
-    T = 1000, and any value other than the default, are returned unchanged. (A value equal to
-    the default counts as the default: `--config.edit.stride=30` on T = 300 is scaled too.)
+    For T = 300: noise_levels (75, 150, 225), stride 9 (34 steps, 297 .. 0), inpaint_stride 1
+    (300 levels); i_start and translate_i_start are the demo's (1, 3, 5, 7, 10, 20) and 10
+    while the strided grid has 34 steps, else the same fractions of the grid. A value the user
+    sets is kept as given, whatever it is (`--config.edit.stride=30` on T = 300 is stride 30);
+    `_validate` refuses it if it does not fit T.
     """
     config = config.copy_and_resolve_references()
-    e, defaults = config.edit, config_lib.base_config().edit
+    e = config.edit
     num_t = int(config.diffusion.num_timesteps)
     notes: list[str] = []
 
     def put(name: str, value) -> None:
-        if value != e[name]:
-            notes.append(f"config.edit.{name}={e[name]!r} -> {value!r}")
-            e[name] = value
+        notes.append(f"config.edit.{name}={value!r}")
+        e[name] = value
 
     if num_t >= 1:
-        r = num_t / DEFAULTS_T
-        if _at_default(e, defaults, "noise_levels"):
+        r = num_t / REFERENCE_T
+        if _is_auto(e, "noise_levels"):
             levels = {min(num_t - 1, _round(t * r)) for t in REFERENCE["noise_levels"]}
             put("noise_levels", tuple(sorted(levels)))
         for name in ("stride", "inpaint_stride"):
-            if _at_default(e, defaults, name):
+            if _is_auto(e, name):
                 put(name, max(1, _round(REFERENCE[name] * r)))
     if isinstance(e.stride, int) and 1 <= e.stride <= num_t:
         n = len(edit.strided_timesteps(num_t, e.stride))
-        ref_n = len(edit.strided_timesteps(DEFAULTS_T, REFERENCE["stride"]))  # 34
-        if _at_default(e, defaults, "i_start"):
+        ref_n = len(edit.strided_timesteps(REFERENCE_T, REFERENCE["stride"]))  # 34
+        if _is_auto(e, "i_start"):
             starts = {min(n - 1, _round(i * n / ref_n)) for i in REFERENCE["i_start"]}
             put("i_start", tuple(sorted(starts)))
-        if _at_default(e, defaults, "translate_i_start"):
+        if _is_auto(e, "translate_i_start"):
             i = REFERENCE["translate_i_start"]
             put("translate_i_start", min(n - 1, _round(i * n / ref_n)))
     if notes:
-        notes.insert(0, f"edit defaults (written for T={DEFAULTS_T}) scaled to T={num_t}")
+        notes.insert(
+            0, f"edit settings left at auto (the T={REFERENCE_T} demos scaled to T={num_t})"
+        )
     return config, notes
 
 
@@ -233,7 +241,9 @@ def _validate(config: ml_collections.ConfigDict) -> dict:
     for name in ("stride", "inpaint_stride"):
         v = e[name]
         if not (isinstance(v, int) and 1 <= v <= num_t):
-            raise _fail(name, v, f"must be an integer in [1, num_timesteps={num_t}]")
+            raise _fail(
+                name, v, f"must be an integer in [1, num_timesteps={num_t}] (0 = auto, scaled to T)"
+            )
     if not (isinstance(e.guidance, (int, float)) and math.isfinite(e.guidance) and e.guidance >= 0):
         raise _fail("guidance", e.guidance, "must be a finite number >= 0")
     if not (isinstance(e.eta, (int, float)) and 0 <= e.eta <= 1):
@@ -253,7 +263,9 @@ def _validate(config: ml_collections.ConfigDict) -> dict:
     if e.kind == "translate":
         n = len(edit.strided_timesteps(num_t, e.stride))
         if not 0 <= int(e.translate_i_start) < n:
-            raise _fail("translate_i_start", e.translate_i_start, f"must be in [0, {n - 1}]")
+            raise _fail(
+                "translate_i_start", e.translate_i_start, f"must be in [0, {n - 1}] (-1 = auto)"
+            )
         targets = _int_list("targets", e.targets) if str(e.targets).strip() else []
         parsed["targets"] = [_check_class("targets", t, num_classes) for t in targets] or list(
             range(num_classes)
@@ -791,8 +803,21 @@ def _illusion(m: Model, parsed: dict, kind: str) -> Result:
 # -------------------------------------------------------------------------------- the mode
 
 
+def _check_method(config: ml_collections.ConfigDict) -> None:
+    """Refuses a config (and so its workdir) that is not a DDPM run: the toolbox needs a
+    denoise function eps(x_t, t), which only a diffusion model has."""
+    method = config.get("method", "ddpm")
+    if method != "ddpm":
+        raise UserError(
+            f"--mode=edit runs the diffusion toolbox on a DDPM workdir; config.method="
+            f"{method!r} is not a diffusion model. Give the config and workdir of a DDPM run "
+            "(config.method='ddpm', e.g. configs/mnist_cond.py)."
+        )
+
+
 def run(config: ml_collections.ConfigDict, workdir: str, *, checkpoint: str | None = None) -> dict:
     """`--mode=edit`: one `config.edit.kind` on the EMA weights; returns the written paths."""
+    _check_method(config)
     state_lib.validate_config(config)
     config, notes = resolve_defaults(config)
     if notes:
@@ -829,8 +854,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, checkpoint: str | No
         np.savez(paths[f"{kind}.npz"], **arrays, step=np.int64(step))
         if "psnr" in info:
             paths["psnr.json"] = os.path.join(out_dir, "psnr.json")
-            with open(paths["psnr.json"], "w") as f:
-                json.dump(info["psnr"], f, indent=1)
+            writers.write_json(paths["psnr.json"], info["psnr"], indent=1)
             paths["psnr.md"] = os.path.join(out_dir, "psnr.md")
             with open(paths["psnr.md"], "w") as f:
                 f.write(psnr_markdown(info["psnr"]))

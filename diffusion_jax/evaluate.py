@@ -22,10 +22,8 @@ score_sde's TF-GAN one), "pytorch_fid", or "both" (one generation pass, two FIDs
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,7 +35,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from diffusion_jax import data, fid, images, methods, parallel, samplers, sampling
+from diffusion_jax import data, fid, images, methods, parallel, samplers, sampling, writers
 from diffusion_jax.errors import UserError
 from diffusion_jax.fid import weights as fid_weights
 
@@ -428,19 +426,9 @@ def record_path(workdir: str, step: int) -> Path:
     return Path(workdir) / OUTPUT_DIR / f"fid_{step}.json"
 
 
-def write_json(path: str | os.PathLike, record: dict) -> Path:
-    """Writes `record` as JSON atomically (temp file + rename: a reader never sees half)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
-
-
 def write_record(workdir: str, record: dict) -> Path:
     """Writes `record` to `record_path` atomically."""
-    return write_json(record_path(workdir, record["checkpoint_step"]), record)
+    return writers.write_json(record_path(workdir, record["checkpoint_step"]), record)
 
 
 def run_eval(

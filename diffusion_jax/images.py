@@ -1,6 +1,6 @@
 """Pictures of a run: sample grids, the denoising process, the loss curve.
 
-Inputs are uint8 NHWC (quantize model-space floats with `diffusion_jax.fid.quantize` first, the
+Inputs are uint8 NHWC (quantize model-space floats with `diffusion_jax.pixels.quantize` first, the
 one rounding rule of the project). Figures use matplotlib's object API with the Agg canvas, so
 nothing here touches a display or the global pyplot state.
 """

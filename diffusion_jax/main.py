@@ -93,12 +93,6 @@ def _eval_watch(config: ml_collections.ConfigDict, args: RunArgs) -> None:
 
 
 def _edit(config: ml_collections.ConfigDict, args: RunArgs) -> None:
-    method = config.get("method", "ddpm")
-    if method != "ddpm":
-        raise UserError(
-            f"--mode=edit runs the diffusion toolbox on a DDPM workdir; config.method="
-            f"{method!r} is not a diffusion model."
-        )
     editing.run(config, args.workdir, checkpoint=args.checkpoint)
 
 

@@ -5,7 +5,7 @@ over every device, every random draw of image `i` comes from its own key `fold_i
 (`samplers.image_keys`, i the global index), and class-conditional models get class-balanced
 labels (`i % num_classes` for image `i`) with classifier-free guidance. Image i is therefore the
 same for any batch size, device count or process count. `generate` runs it batch after batch and
-hands each batch to the host (float32 -> uint8 with `fid.quantize`, the one rounding rule), so N
+hands each batch to the host (float32 -> uint8 with `pixels.quantize`, the one rounding rule), so N
 never has to fit on the devices.
 """
 
@@ -27,7 +27,7 @@ from jax.sharding import Mesh
 from diffusion_jax import checkpoint, diffusion, images, methods, parallel, samplers, writers
 from diffusion_jax import state as state_lib
 from diffusion_jax.errors import UserError
-from diffusion_jax.fid import quantize
+from diffusion_jax.pixels import quantize
 
 SAMPLE_STREAM = 1  # `fold_in(PRNGKey(config.seed), SAMPLE_STREAM)` seeds --mode=sample
 OUTPUT_DIR = "sample"

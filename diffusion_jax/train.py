@@ -468,7 +468,7 @@ def train_and_eval(
         total_wall_s=round(time.monotonic() - started, 2),
     )
     if parallel.is_main_process():
-        evaluate.write_json(os.path.join(workdir, QUALITY_FILE), record)
+        writers.write_json(os.path.join(workdir, QUALITY_FILE), record)
         records = writers.read_metrics(os.path.join(workdir, writers.METRICS_FILE))
         if any("fid" in r for r in records):
             images.fid_curve(records, os.path.join(workdir, "fid_vs_time.png"))

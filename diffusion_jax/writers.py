@@ -11,6 +11,7 @@ A resumed run passes `resume_step` (the checkpoint's step; 0 for a fresh start):
 it, left by the killed run, are dropped from metrics.jsonl (rewritten atomically), and the new
 event file starts with a `SessionLog(START)` at `resume_step + 1`, which makes TensorBoard discard
 the dead branch's events from that step on, so no step shows twice.
+`write_json` (on `replace_file`) is the package's one atomic JSON writer: records, reports, tables.
 `tensorboard` and PIL are imported inside functions only.
 """
 
@@ -23,9 +24,10 @@ import logging
 import math
 import os
 import socket
-import tempfile
 import time
+import uuid
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -85,13 +87,44 @@ class LoggingWriter:
         pass
 
 
+def replace_file(path: str | os.PathLike, data: bytes) -> None:
+    """Writes `data` to `path` atomically: a new file beside it (same folder, so the rename
+    stays on one file system), flushed to disk, then `os.replace`. A reader or a crash sees
+    the old file or the new one, never a partial one; a file that existed keeps its mode.
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if os.path.exists(path):
+            os.chmod(tmp, os.stat(path).st_mode & 0o7777)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def write_json(path: str | os.PathLike, record: Any, *, indent: int = 2) -> Path:
+    """Writes `record` as JSON (`indent`, a final newline) atomically (`replace_file`),
+    creating the folder; returns the path. The one JSON writer of the package."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    replace_file(path, (json.dumps(record, indent=indent) + "\n").encode())
+    return path
+
+
 def truncate_metrics(path: str, resume_step: int) -> int:
     """Drop the records with step > `resume_step`, and lines a crash cut short, from a
     metrics.jsonl; returns how many lines were dropped.
 
-    The kept lines stay byte for byte and in order. The file is rewritten through a temporary
-    file in the same directory and `os.replace`, so a crash during the rewrite leaves either the
-    old or the new file, never a partial one.
+    The kept lines stay byte for byte and in order. The file is rewritten by `replace_file`, so
+    a crash during the rewrite leaves either the old or the new file, never a partial one.
     """
     if not os.path.exists(path):
         return 0
@@ -112,19 +145,7 @@ def truncate_metrics(path: str, resume_step: int) -> int:
             dropped += 1
     if not dropped and not cut_last:
         return 0
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.writelines(kept)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, os.stat(path).st_mode & 0o7777)  # mkstemp made it owner-only
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
+    replace_file(path, b"".join(kept))
     return dropped
 
 

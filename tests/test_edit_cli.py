@@ -12,6 +12,7 @@ from PIL import Image
 from train_utils import REPO, compilation_cache, no_traceback, run_main, tiny_config
 
 from diffusion_jax import editing, train
+from diffusion_jax.config import from_sibling
 from diffusion_jax.errors import UserError
 
 SMALL = {  # T = 100: a grid of 10 timesteps (90, 80, ..., 0)
@@ -163,4 +164,24 @@ def test_cli_on_an_unconditional_model_says_so_in_one_line(tmp_path):
     )  # fmt: skip
     assert result.returncode == 2 and no_traceback(result.stderr), result.stderr[-2000:]
     assert "--config.edit.kind=hybrid needs a class-conditional model" in result.stderr
+    assert not (tmp_path / "edit").exists()
+
+
+@pytest.mark.parametrize("recipe", ["vae_mnist", "gan_mnist", "denoiser_mnist", "dip"])
+def test_editing_run_refuses_a_config_that_is_not_ddpm(tmp_path, recipe):
+    config = from_sibling(str(REPO / "configs" / "x.py"), recipe)
+    with pytest.raises(
+        UserError, match=rf"config.method='{config.method}' is not a diffusion"
+    ) as e:
+        editing.run(config, str(tmp_path))  # refused before any checkpoint is looked for
+    assert "\n" not in str(e.value) and "config.method='ddpm'" in str(e.value)  # what to do
+    assert not (tmp_path / "edit").exists()
+
+
+def test_cli_on_a_vae_config_says_so_in_one_line(tmp_path):
+    result = run_main(
+        f"--config={REPO / 'configs' / 'vae_mnist.py'}", f"--workdir={tmp_path}", "--mode=edit"
+    )
+    assert result.returncode == 2 and no_traceback(result.stderr), result.stderr[-2000:]
+    assert result.stderr.count("is not a diffusion model") == 1, result.stderr[-2000:]
     assert not (tmp_path / "edit").exists()

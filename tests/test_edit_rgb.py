@@ -1,8 +1,9 @@
 """`--mode=edit` on an RGB 32x32 unconditional model with T = 50, and the T-scaled defaults.
 
 The tiny workdir is a 2-step unconditional model on random `cifar10` images (3 channels) with
-T = 50, edited with config.py's edit defaults (written for T = 1000), which `resolve_defaults`
-scales to T: noise levels 13/25/38, stride 2 (25 steps), inpaint stride 1.
+T = 50, edited with config.py's edit defaults: "auto" for the T-dependent settings, which
+`resolve_defaults` fills with the T = 1000 demos scaled to T: noise levels 13/25/38, stride 2
+(25 steps), inpaint stride 1.
 """
 
 from __future__ import annotations
@@ -106,8 +107,8 @@ def test_defaults_are_scaled_to_t_and_set_values_are_kept():
         e = resolved.edit
         got = (tuple(e.noise_levels), e.stride, e.inpaint_stride, tuple(e.i_start))
         assert got + (e.translate_i_start,) == expected, num_t
-        assert bool(notes) == (num_t != 1000)
-        assert config.edit.stride == 30  # the caller's config is not changed
+        assert len(notes) == 6  # a header and the five settings, at every T (logged)
+        assert config.edit.stride == 0  # the caller's config is not changed (still auto)
         grid = editing.edit.strided_timesteps(num_t, e.stride)
         # the SDEdit starts keep their fraction of the grid: 20 / 34 of the way down
         assert abs(e.i_start[-1] / len(grid) - 20 / 34) < 0.5 / len(grid) + 1e-9
@@ -126,11 +127,40 @@ def test_defaults_are_scaled_to_t_and_set_values_are_kept():
     assert len(notes) == 3
 
 
+def test_a_set_value_equal_to_a_t1000_demo_value_is_used_as_given():
+    # --config.edit.stride=30 on T = 300 is stride 30 (a 10-step grid 270 .. 0), not 9
+    config = base_config()
+    config.diffusion.num_timesteps = 300
+    config.edit.stride = 30
+    config.edit.translate_i_start = 0  # 0 is a start (the noisiest), not "auto"
+    resolved, notes = editing.resolve_defaults(config)
+    e = resolved.edit
+    assert (e.stride, e.translate_i_start) == (30, 0)
+    assert tuple(e.noise_levels) == (75, 150, 225) and e.inpaint_stride == 1  # auto: scaled
+    assert tuple(e.i_start) == (0, 1, 2, 3, 6)  # auto: (1, 3, 5, 7, 10, 20) / 34 of 10 steps
+    assert not any("stride=30" in n or "translate_i_start" in n for n in notes)
+    # and every T-dependent setting given at its T = 1000 demo value on T = 300 stays as given
+    demo = {"noise_levels": (250, 500, 750), "stride": 30, "inpaint_stride": 4,
+            "i_start": (1, 3, 5, 7), "translate_i_start": 9}  # fmt: skip
+    for k, v in demo.items():
+        config.edit[k] = v
+    resolved, notes = editing.resolve_defaults(config)
+    assert {k: resolved.edit[k] for k in demo} == demo and notes == []
+    resolved.model.num_classes = 10
+    for kind in ("sdedit", "inpaint", "translate"):
+        resolved.edit.kind = kind
+        editing._validate(resolved)  # they fit T = 300
+    resolved.edit.kind = "denoise"  # t = 500, 750 do not: refused as given, not rescaled
+    with pytest.raises(UserError, match=r"noise_levels=\(250, 500, 750\).*\[0, 300\)"):
+        editing._validate(resolved)
+
+
 def test_set_values_that_do_not_fit_t_are_refused_naming_the_setting(tmp_path):
     for settings, message in [
         ({"kind": "denoise", "noise_levels": (100, 300)}, r"noise_levels=\(100, 300\).*\[0, 300\)"),
         ({"kind": "sdedit", "stride": 10, "i_start": (3, 30)}, r"i_start=30.*\[0, 29\]"),
         ({"kind": "inpaint", "inpaint_stride": 301}, r"inpaint_stride=301.*num_timesteps=300"),
+        ({"kind": "denoise", "stride": -1}, r"stride=-1.*0 = auto"),
     ]:
         config = rgb_config(str(tmp_path), **settings)  # no data, no checkpoint: refused first
         config.diffusion.num_timesteps = 300

@@ -1,9 +1,8 @@
-"""Preprocessing parity with TF's legacy resize and torch's F.interpolate; quantization."""
+"""Preprocessing parity with TF's legacy resize and torch's F.interpolate."""
 
 from __future__ import annotations
 
 import contextlib
-import io
 from pathlib import Path
 
 import jax
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 
 from diffusion_jax.errors import UserError
-from diffusion_jax.fid.preprocess import check_images, preprocess, quantize, resize, resize_matrix
+from diffusion_jax.fid.preprocess import check_images, preprocess, resize, resize_matrix
 
 FIXTURE = Path(__file__).parent / "fixtures" / "fid_reference.npz"
 
@@ -76,30 +75,6 @@ def test_preprocess_ranges_and_gray_to_rgb(ref) -> None:
     assert np.asarray(preprocess(flat, "pytorch_fid")).max() == pytest.approx(1.0)
     zero = np.zeros((1, 299, 299, 3), np.uint8)
     assert np.asarray(preprocess(zero, "tf")).min() == -1.0
-
-
-def test_quantize_equals_png_roundtrip() -> None:
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    x = rng.uniform(-1.1, 1.1, (16, 16, 3)).astype(np.float32)
-    # Exact half-way points: (x + 1) * 127.5 + 0.5 lands on an integer -> rounds up.
-    x[0, :4, 0] = np.array([k / 127.5 - 1 - 0.5 / 127.5 for k in (1, 2, 100, 255)], np.float32)
-    png = io.BytesIO()
-    Image.fromarray(np.clip((x + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8)).save(png, "PNG")
-    png.seek(0)
-    saved = np.asarray(Image.open(png))
-    np.testing.assert_array_equal(quantize(x), saved)
-    np.testing.assert_array_equal(
-        quantize(np.array([-1.0, 1.0, 0.0, -2.0, 3.0])), [0, 255, 128, 0, 255]
-    )
-
-
-def test_quantize_rejects_nan_and_ints() -> None:
-    with pytest.raises(UserError, match="NaN"):
-        quantize(np.array([0.0, np.nan]))
-    with pytest.raises(UserError, match="float"):
-        quantize(np.zeros(3, np.uint8))
 
 
 @pytest.mark.parametrize(

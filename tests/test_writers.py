@@ -117,6 +117,25 @@ def test_truncate_metrics_keeps_lines_verbatim(tmp_path) -> None:
     assert writers.truncate_metrics(str(tmp_path / "missing.jsonl"), 2) == 0
 
 
+def test_write_json_is_atomic_and_leaves_no_temp_file(tmp_path, monkeypatch) -> None:
+    path = tmp_path / "sub" / "record.json"
+    assert writers.write_json(path, {"b": [1, 2], "a": "é"}, indent=1) == path  # makes sub/
+    assert path.read_text() == json.dumps({"b": [1, 2], "a": "é"}, indent=1) + "\n"
+    os.chmod(path, 0o640)
+    writers.write_json(str(path), {"x": 1})
+    assert json.loads(path.read_text()) == {"x": 1}
+    assert os.stat(path).st_mode & 0o777 == 0o640  # an overwrite keeps the file's mode
+
+    def crash(*_):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(writers.os, "replace", crash)
+    with pytest.raises(OSError, match="disk full"):
+        writers.write_json(path, {"x": 2})
+    assert json.loads(path.read_text()) == {"x": 1}  # the old file, whole
+    assert os.listdir(path.parent) == ["record.json"]  # the temporary file is gone
+
+
 def test_appending_after_a_cut_line_starts_a_new_line(tmp_path) -> None:
     path = tmp_path / writers.METRICS_FILE
     path.write_text('{"step": 1}\n{"step": 2, "lo')

@@ -24,7 +24,6 @@ from diffusion_jax.fid.preprocess import (
     check_images,
     check_protocol,
     preprocess,
-    quantize,
 )
 from diffusion_jax.fid.stats import (
     FidStatistics,
@@ -35,6 +34,7 @@ from diffusion_jax.fid.stats import (
     save_statistics,
 )
 from diffusion_jax.fid.weights import NetworkWeights, load_weights
+from diffusion_jax.pixels import quantize  # the project's one rounding rule, re-exported
 
 __all__ = [
     "PROTOCOLS",

@@ -86,22 +86,6 @@ def check_images(images: object) -> np.ndarray:
         raise UserError(
             f"FID images must be uint8 [N, H, W, C] with C in {{1, 3}} (values 0..255); got "
             f"shape {shape} dtype {dtype}. Quantize float images with "
-            "diffusion_jax.fid.quantize first; add a channel axis to [N, H, W] grayscale."
+            "diffusion_jax.pixels.quantize first; add a channel axis to [N, H, W] grayscale."
         )
     return np.asarray(images)
-
-
-def quantize(x: np.ndarray) -> np.ndarray:
-    """Model-space floats in [-1, 1] -> uint8 exactly as a saved PNG holds them.
-
-    Rule (round half up, then clip): `floor((x + 1) * 127.5 + 0.5)` clipped to [0, 255], in
-    the input's float dtype. This equals `np.clip((x + 1) * 127.5 + 0.5, 0, 255).astype(uint8)`
-    (the cast truncates, which is floor for non-negative values), the array one would hand to
-    PIL to write the PNG. It runs on the host so every backend gives identical bytes.
-    """
-    x = np.asarray(x)
-    if not np.issubdtype(x.dtype, np.floating):
-        raise UserError(f"quantize expects float images in [-1, 1]; got dtype {x.dtype}.")
-    if not np.isfinite(x).all():
-        raise UserError("images contain NaN or inf (did sampling diverge?); cannot quantize.")
-    return np.clip((x + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8)

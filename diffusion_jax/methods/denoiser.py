@@ -30,7 +30,6 @@ numbers depend neither on the batch size nor on the devices.
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -44,7 +43,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from diffusion_jax import batches, data, images, parallel, samplers
+from diffusion_jax import batches, data, images, parallel, pixels, samplers, writers
 from diffusion_jax import state as state_lib
 from diffusion_jax.course_unet import IMAGE_SIZE, CourseUNet
 from diffusion_jax.errors import UserError
@@ -318,12 +317,6 @@ def evaluate(
     return levels, np.concatenate(figure_noisy, 1), np.concatenate(figure_denoised, 1)
 
 
-def _u8(x: np.ndarray) -> np.ndarray:
-    """[0, 1] floats -> uint8 by the project's rule (`fid.quantize` on 2x - 1): clip, then
-    floor(255 x + 0.5)."""
-    return np.clip(np.floor(np.asarray(x, np.float64) * 255.0 + 0.5), 0, 255).astype(np.uint8)
-
-
 def markdown(record: dict) -> str:
     """The report's table: one row per noise level."""
     lines = [
@@ -352,17 +345,13 @@ def figure(
     """Rows: each test digit noisy, then denoised; columns: the original, then each sigma."""
     f = clean.shape[0]
     rows = lambda a, b: np.stack([a, b], 1).reshape(2 * f, *a.shape[1:])  # noisy over denoised
-    columns = [("original", _u8(rows(clean, clean)))]
-    columns += [(f"σ={s:g}", _u8(rows(noisy[k], denoised[k]))) for k, s in enumerate(sigmas)]
+    columns = [("original", pixels.quantize_unit(rows(clean, clean)))]
+    columns += [
+        (f"σ={s:g}", pixels.quantize_unit(rows(noisy[k], denoised[k])))
+        for k, s in enumerate(sigmas)
+    ]
     labels = [f"#{i} {kind}" for i in range(f) for kind in ("noisy", "denoised")]
     return images.edit_figure(path, columns, row_labels=labels, title=title)
-
-
-def _write_json(path: str, record: dict) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as fp:
-        json.dump(record, fp, indent=1)
-    os.replace(tmp, path)
 
 
 def report(
@@ -407,7 +396,7 @@ def report(
     }
     if parallel.is_main_process():
         os.makedirs(out_dir, exist_ok=True)
-        _write_json(paths["denoiser.json"], record)
+        writers.write_json(paths["denoiser.json"], record, indent=1)
         with open(paths["denoiser.md"], "w") as fp:
             fp.write(markdown(record))
         sigmas = [float(s) for s in config.denoiser.eval_sigmas]

@@ -41,7 +41,6 @@ images from it (one data shard only) and ignores `config.train.batch_size` and t
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -56,7 +55,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from diffusion_jax import data, images, parallel, writers
+from diffusion_jax import data, images, parallel, pixels, writers
 from diffusion_jax import state as state_lib
 from diffusion_jax.batches import TrainData
 from diffusion_jax.errors import UserError
@@ -584,14 +583,6 @@ def sampler(config: ml_collections.ConfigDict, static):
 # -------------------------------------------------------------------------------- report
 
 
-def to_uint8(x: np.ndarray) -> np.ndarray:
-    """Model space -> uint8 by the project's one rounding rule (`fid.quantize`:
-    floor((x + 1) * 127.5 + 0.5) clipped to [0, 255]); methods may not import `fid`."""
-    return np.clip(np.floor((np.asarray(x, np.float32) + 1.0) * 127.5 + 0.5), 0, 255).astype(
-        np.uint8
-    )
-
-
 def _host(tree) -> dict[str, np.ndarray]:
     return {k: np.asarray(parallel.process_allgather(v)) for k, v in tree.items()}
 
@@ -692,8 +683,7 @@ def report(
             step=np.int32(step),
             dataset=np.asarray(config.data.dataset),
         )
-        with open(paths["json"], "w", encoding="utf-8") as f:
-            json.dump(summary, f, indent=1)
+        writers.write_json(paths["json"], summary, indent=1)
         rows = [
             f"#{i}: {a:.1f} -> {b:.1f} dB"
             for i, a, b in zip(idx, p["noisy"], p["restored"], strict=True)
@@ -701,13 +691,16 @@ def report(
         images.edit_figure(
             paths["figure"],
             [
-                ("clean", to_uint8(e["clean"])),
+                ("clean", pixels.quantize(e["clean"])),
                 (
                     f"noisy σ={config.dip.noise_sigma:g}/255\n{np.mean(p['noisy']):.2f} dB",
-                    to_uint8(e["noisy"]),
+                    pixels.quantize(e["noisy"]),
                 ),
-                (f"DIP (output EMA)\n{np.mean(p['restored']):.2f} dB", to_uint8(e["restored"])),
-                (f"best iterate (oracle)\n{np.mean(p['best']):.2f} dB", to_uint8(e["best"])),
+                (
+                    f"DIP (output EMA)\n{np.mean(p['restored']):.2f} dB",
+                    pixels.quantize(e["restored"]),
+                ),
+                (f"best iterate (oracle)\n{np.mean(p['best']):.2f} dB", pixels.quantize(e["best"])),
             ],  # fmt: skip
             row_labels=rows,
             title=f"Deep Image Prior, step {int(step)}",

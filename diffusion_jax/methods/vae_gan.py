@@ -127,6 +127,22 @@ def init_state(config: ml_collections.ConfigDict) -> tuple[Static, vae.State]:
     return Static(vae=vae_def, discriminator=d_def), state
 
 
+def _bce_logits(logits: jax.Array, real: bool) -> jax.Array:
+    """Binary cross-entropy of D's `logits` against the label real (1) or not (0):
+    softplus(-logits) or softplus(logits), elementwise."""
+    return jax.nn.softplus(-logits) if real else jax.nn.softplus(logits)
+
+
+def _adam_step(config: ml_collections.ConfigDict, params, opt_state, side: str, loss_fn):
+    """One Adam step of `params[side]` on `loss_fn(params[side]) -> (loss, aux)`, the other side
+    left as it is. Returns (params, opt_state, aux, the gradient's global norm)."""
+    (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params[side])
+    optimizer = vae.build_optimizer(config, config.vae_gan)
+    updates, new_opt = optimizer.update(grads, opt_state[side], params[side])
+    new_params = {**params, side: optax.apply_updates(params[side], updates)}
+    return new_params, {**opt_state, side: new_opt}, aux, optax.tree.norm(grads)
+
+
 def d_update(
     config: ml_collections.ConfigDict,
     static: Static,
@@ -147,20 +163,20 @@ def d_update(
         disc = nnx.merge(static.discriminator, d_params)
         logits = disc(jnp.concatenate([x, x_recon, x_fake]))  # one pass over the three kinds
         real, recon, fake = logits[:n], logits[n : 2 * n], logits[2 * n :]
-        per_image = jax.nn.softplus(-real) + jax.nn.softplus(recon) + jax.nn.softplus(fake)
+        per_image = _bce_logits(real, True) + _bce_logits(recon, False) + _bce_logits(fake, False)
+        d_loss = jnp.mean(per_image)
         probs = {
+            "d_loss": d_loss,
             "d_real": jnp.mean(jax.nn.sigmoid(real)),
             "d_recon": jnp.mean(jax.nn.sigmoid(recon)),
             "d_fake": jnp.mean(jax.nn.sigmoid(fake)),
         }
-        return jnp.mean(per_image), probs
+        return d_loss, probs
 
-    (d_loss, probs), grads = jax.value_and_grad(loss_fn, has_aux=True)(params["discriminator"])
-    optimizer = vae.build_optimizer(config, config.vae_gan)
-    updates, d_opt = optimizer.update(grads, opt_state["discriminator"], params["discriminator"])
-    new_params = {**params, "discriminator": optax.apply_updates(params["discriminator"], updates)}
-    metrics = {"d_loss": d_loss, **probs, "d_grad_norm": optax.tree.norm(grads)}
-    return new_params, {**opt_state, "discriminator": d_opt}, metrics
+    params, opt_state, metrics, norm = _adam_step(
+        config, params, opt_state, "discriminator", loss_fn
+    )
+    return params, opt_state, {**metrics, "d_grad_norm": norm}
 
 
 def vae_update(
@@ -185,18 +201,14 @@ def vae_update(
         x_fake = vae.to_images(model.decoder(z_prior))
         logits = disc(jnp.concatenate([x_recon, x_fake]))
         n = x.shape[0]
-        g_adv = jax.nn.softplus(-logits[:n]) + jax.nn.softplus(-logits[n:])
+        g_adv = _bce_logits(logits[:n], True) + _bce_logits(logits[n:], True)
         loss = terms["loss"] + s.adv_weight * g_adv
         metrics = {"loss": jnp.mean(loss), "recon": jnp.mean(terms["recon"]),
                    "kl": jnp.mean(terms["kl"]), "g_adv": jnp.mean(g_adv)}  # fmt: skip
         return metrics["loss"], metrics
 
-    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params["vae"])
-    optimizer = vae.build_optimizer(config, s)
-    updates, v_opt = optimizer.update(grads, opt_state["vae"], params["vae"])
-    new_params = {**params, "vae": optax.apply_updates(params["vae"], updates)}
-    metrics["vae_grad_norm"] = optax.tree.norm(grads)
-    return new_params, {**opt_state, "vae": v_opt}, metrics
+    params, opt_state, metrics, norm = _adam_step(config, params, opt_state, "vae", loss_fn)
+    return params, opt_state, {**metrics, "vae_grad_norm": norm}
 
 
 def train_step(

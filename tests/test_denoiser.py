@@ -257,7 +257,18 @@ def test_report_noisy_psnr_is_the_closed_form(reports):
 
 def test_report_records_outputs_and_is_batch_independent(reports):
     (workdir, returned, record), (_, _, record_64) = reports
-    assert record["levels"] == record_64["levels"]  # per-image noise: any batch size
+    # Per-image noise: the noisy inputs are the same bits at any batch size. The network's
+    # float32 outputs may differ by a few ulps between batch sizes (XLA:CPU picks its convolution
+    # blocking by shape), so the denoised numbers agree to float32 precision, not bit for bit.
+    assert record["levels"].keys() == record_64["levels"].keys()
+    for level, v in record["levels"].items():
+        w = record_64["levels"][level]
+        assert v.keys() == w.keys()
+        for k in v:
+            if "denoised" in k:
+                assert v[k] == pytest.approx(w[k], rel=1e-6), (level, k)
+            else:
+                assert v[k] == w[k], (level, k)
     assert set(record) == {
         "method", "step", "dataset", "split", "num_images", "train_sigma", "units",
         "noisy_clipped", "denoised_clipped", "psnr_cap_db", "levels",

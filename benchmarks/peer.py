@@ -82,6 +82,21 @@ def build_model(config: ml_collections.ConfigDict) -> Any:
     )
 
 
+def _unet_row(name: str, dtype: str, batch: int, compile_model: bool, **fields: Any) -> Row:
+    """A peer UNet2DModel row (train or sampling) on this device: the fields both share."""
+    kind = device_name()
+    return Row(
+        workload="peer",
+        config=name,
+        impl="torch compile" if compile_model else "torch eager",
+        dtype=dtype,
+        batch=batch,
+        peak_tflops=hardware.peak_tflops(kind, "bfloat16" if dtype == "bfloat16" else "float32"),
+        device=kind,
+        **fields,
+    )
+
+
 def bench_peer(
     name: str,
     config: ml_collections.ConfigDict,
@@ -102,22 +117,14 @@ def bench_peer(
     torch.manual_seed(0)
     b, t = config.train, config.diffusion
     batch = int(b.batch_size)
-    kind = device_name()
-    peak = hardware.peak_tflops(kind, "bfloat16" if dtype == "bfloat16" else "float32")
-    row = Row(
-        workload="peer",
-        config=name,
-        impl="torch compile" if compile_model else "torch eager",
-        dtype=dtype,
-        batch=batch,
+    row = _unet_row(
+        name, dtype, batch, compile_model,
         what=f"{steps} steps, diffusers UNet2DModel",
         unit="img/s",
         work=steps * batch,
         flops_per_unit=flops.unet_cost(config).train_flops,
-        peak_tflops=peak,
-        device=kind,
         extra={"of": "train"},
-    )
+    )  # fmt: skip
     if compile_model:
         torch._dynamo.reset()  # compile for this row's shapes, not a dynamic-shape variant
     model = build_model(config).to(dev).train()
@@ -222,23 +229,16 @@ def bench_peer_sample(
     dev = torch.device("cuda" if cuda else "cpu")
     _set_precision(strict=False)
     torch.manual_seed(0)
-    kind = device_name()
     if config.sample.variance != "fixed_small":
         raise ValueError(f"peer sampling: fixed_small only; got {config.sample.variance!r}")
-    row = Row(
-        workload="peer",
-        config=name,
-        impl="torch compile" if compile_model else "torch eager",
-        dtype=dtype,
-        batch=batch,
+    row = _unet_row(
+        name, dtype, batch, compile_model,
         what=f"ddpm, {steps}-step chain, diffusers UNet2DModel + DDPM update",
         unit="img*steps/s",
         work=batch * steps,
         flops_per_unit=flops.sample_step_flops(config),
-        peak_tflops=hardware.peak_tflops(kind, "bfloat16" if dtype == "bfloat16" else "float32"),
-        device=kind,
         extra={"of": "sample", "sampler": "ddpm", "steps": steps},
-    )
+    )  # fmt: skip
     if compile_model:
         torch._dynamo.reset()
     model = build_model(config).to(dev).eval()

@@ -6,6 +6,7 @@
 #
 #   bash launch/gpu/dry_run.sh mnist mnist_fast
 #   bash launch/gpu/dry_run.sh cifar10 cifar10_schedules
+#   bash launch/gpu/dry_run.sh bench bench      # benchmarks/h200.sh with TINY=1
 #
 # Env: DRY_ROOT (default /tmp/djax_dry), MARGIN (default 20 MB: smaller parts, so the subset
 # still needs several calls), SUBSET (train images, default 64; test: a quarter), EVAL (FID
@@ -27,7 +28,16 @@ small=(
   --config.train.heldout_examples=16 "--config.fid.eval_samples=${EVAL:-32}" --config.fid.batch_size=16
   --config.sample.batch_size=32 --config.sample.num_steps=5 --config.train.tensorboard=False
 )
-if [[ $job == cifar10_schedules ]]; then
+if [[ $job == bench ]]; then
+  extra=()
+  export TINY=1
+  # The machine has no TFDS reader and the bench bundle brings none: make sure nothing needs it.
+  for m in tensorflow_datasets array_record; do
+    mkdir -p "$dry/site/$m"
+    echo "raise ImportError('$m is not on the GPU machine and the bench bundle carries none')" \
+      >"$dry/site/$m/__init__.py"
+  done
+elif [[ $job == cifar10_schedules ]]; then
   extra=("${small[@]}")
   export TRAIN_S=20
 else

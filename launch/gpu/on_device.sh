@@ -3,21 +3,22 @@
 #
 #   bash launch/gpu/on_device.sh BUNDLE K [JOB]
 #
-# BUNDLE is mnist or cifar10 (made by prepare_local.sh), K the part this call carries
+# BUNDLE is mnist, cifar10 or bench (made by prepare_local.sh), K the part this call carries
 # (gpu_carry/BUNDLE/partK). Every call copies its part into $ROOT/parts/BUNDLE (ROOT=/tmp/djax:
 # /tmp survives between back-to-back calls on a warm machine) and extracts, sha256-checked,
 # every file whose bytes have all arrived. As soon as the wheels and the dataset are complete
-# (part 1 for mnist, part 4 for cifar10) it installs the wheels into $ROOT/site and imports the
-# dataset into $TFDS (/tmp/tfds; README "Data (offline route)"), once. The call with the last
+# (part 1 for mnist and bench, part 4 for cifar10) it installs the wheels into $ROOT/site and
+# imports the dataset into $TFDS (/tmp/tfds; README "Data (offline route)"; bench has none), once. The call with the last
 # part names JOB, which then runs, timed, with fresh FID and compilation caches (reference
 # statistics and compiles count in its time), and copies its outputs to $OUT:
 #   mnist_fast         issue 15: configs/mnist_fast.py, --mode=train_and_eval
 #   cifar10_fast       issue 16(b): configs/cifar10_fast.py, --mode=train_and_eval
 #   cifar10_schedules  issue 16(a): launch/gpu/cifar10_schedules.sh (three schedules)
+#   bench              issue 14: benchmarks/h200.sh (ours and the PyTorch peer, one process)
 #
 # Env (for the CPU dry run): ROOT, TFDS, OUT, SKIP_WHEELS=1 (use this python's packages),
 # DRY_RUN=1 (import a subset dataset: data.import_arrays(full=False)), JOB_ARGS (more flags for
-# the job), TRAIN_S (cifar10_schedules), PYTHON (python3).
+# the job), TRAIN_S (cifar10_schedules), TINY=1 (bench at configs/tiny.py size), PYTHON (python3).
 set -euo pipefail
 bundle=${1:?usage: on_device.sh BUNDLE K [JOB]}
 k=${2:?usage: on_device.sh BUNDLE K [JOB]}
@@ -49,7 +50,7 @@ names() { "$py" -c 'import json,sys; print("\n".join(e["name"] for e in json.loa
 setup_ready() {  # every wheel and the dataset extracted (the weights may still be on their way)
   local n
   while read -r n; do
-    [[ $n == *.pt ]] && continue
+    [[ $n == *.pt ]] && continue  # the weights are needed by the job only
     [[ -f $files/$n ]] || return 1
   done < <(names)
 }
@@ -60,7 +61,9 @@ setup() {
       --target "$root/site" "$files"/wheels/*.whl
   fi
   export PYTHONPATH=$root/site:$PWD
-  if [[ -n "${DRY_RUN:-}" ]]; then
+  if [[ $bundle == bench ]]; then
+    :  # the benchmarks train on synthetic data
+  elif [[ -n "${DRY_RUN:-}" ]]; then
     "$py" -c 'import sys; from diffusion_jax import data
 data.import_arrays(sys.argv[1], data.read_npz(sys.argv[2]), sys.argv[3], full=False)' \
       "$bundle" "$files/$bundle.npz" "$tfds"
@@ -68,7 +71,7 @@ data.import_arrays(sys.argv[1], data.read_npz(sys.argv[2]), sys.argv[3], full=Fa
     "$py" -m diffusion_jax.data import --dataset="$bundle" --npz="$files/$bundle.npz" --data_dir="$tfds"
   fi
   touch "$root/setup_$bundle.done"
-  say "setup done: wheels in $root/site, $bundle in $tfds ($(( ($(date +%s%N) - t0) / 1000000 )) ms)"
+  say "setup done: wheels in $root/site, $bundle data (if any) in $tfds ($(( ($(date +%s%N) - t0) / 1000000 )) ms)"
 }
 if setup_ready; then setup; else say "setup waits for more parts"; fi
 if [[ -z "$job" ]]; then
@@ -77,8 +80,9 @@ if [[ -z "$job" ]]; then
 fi
 
 # The job: everything must be here.
-"$py" launch/gpu/relay.py unpack --parts "$parts" --dest "$files" --require "$(basename "$weights")" \
-  --require "$bundle.npz"
+need=(--require "$(basename "$weights")")
+[[ $bundle == bench ]] || need+=(--require "$bundle.npz")
+"$py" launch/gpu/relay.py unpack --parts "$parts" --dest "$files" "${need[@]}"
 setup
 export PYTHONPATH=$root/site:$PWD PYTHONUNBUFFERED=1
 export DJAX_FID_WEIGHTS=$weights
@@ -98,6 +102,11 @@ case "$job" in
     name=cifar10_schedules
     cmd=(env "DATA_DIR=$tfds" "EXTRA_ARGS=${JOB_ARGS:-}" "PYTHON=$py"
       bash launch/gpu/cifar10_schedules.sh "$root/runs/$job")
+    ;;
+  bench)
+    name=benchmarks_h200
+    cmd=(env "PYTHON=$py" "JAX_CACHE=$DJAX_COMPILATION_CACHE" "TINY=${TINY:-0}"
+      bash benchmarks/h200.sh "$weights" "$root/runs/$job")
     ;;
   *) say "unknown job $job"; exit 2 ;;
 esac
@@ -128,6 +137,17 @@ if [[ $job == cifar10_schedules ]]; then
   (cd "$run" && tar -czf "$out/cifar10_schedules_runs.tgz" --exclude=checkpoints --exclude=best \
     --exclude='events.out.*' --exclude='*.npz' ./*/quality.json ./*/metrics.jsonl ./*/loss.png \
     ./*/samples ./*/eval ./summary.json 2>/dev/null) || true
+elif [[ $job == bench ]]; then
+  for f in benchmarks_h200.json benchmarks_h200.md; do
+    [[ -f $run/$f ]] && cp "$run/$f" "$out/$f"
+  done
+  # The traces of rows that missed their goal (TensorBoard / Perfetto); their top ops are in
+  # the JSON already. Kept only if the archive comes back (16 MiB a file).
+  if [[ -d $run/profile ]]; then
+    tar -czf "$out/benchmarks_h200_profile.tgz" -C "$run" profile
+    (($(stat -c %s "$out/benchmarks_h200_profile.tgz") < 16000000)) ||
+      { say "profile archive over 16 MB: left on the machine"; rm "$out/benchmarks_h200_profile.tgz"; }
+  fi
 else
   [[ -f $run/quality.json ]] && cp "$run/quality.json" "$out/$name.json"
   grid=$(latest "$run"/eval/samples_*.png)

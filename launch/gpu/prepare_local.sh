@@ -3,6 +3,7 @@
 #
 #   bash launch/gpu/prepare_local.sh mnist      # issue 15: MNIST + FID weights + wheels (3 parts)
 #   bash launch/gpu/prepare_local.sh cifar10    # issue 16: CIFAR-10 + FID weights + wheels (5 parts)
+#   bash launch/gpu/prepare_local.sh bench      # issue 14: FID weights + the peer's wheels (2 parts)
 #
 # Each device call carries the working tree (tracked + untracked-not-ignored files, and shared/
 # when the checkout has one) plus its carry paths, 64 MiB in all. The payload (the wheels the
@@ -19,7 +20,7 @@
 # $SHARED/tools/gpu-wheels-py312 when empty), DRY_SUBSET=N (the dry run: only the first N train
 # and N/4 test images of the dataset, written to gpu_carry/subset/).
 set -euo pipefail
-bundle=${1:?usage: prepare_local.sh mnist|cifar10}
+bundle=${1:?usage: prepare_local.sh mnist|cifar10|bench}
 cd "$(git rev-parse --show-toplevel)"
 shared=${SHARED:-../shared}
 margin=${MARGIN:-$((2 * 1024 * 1024))}
@@ -27,21 +28,23 @@ limit=$((64 * 1024 * 1024))
 wheels=${WHEELS:-gpu_carry/wheels}
 weights_name=inception-2015-12-05_fid_torchscript.pt
 case "$bundle" in
-  mnist | cifar10) ;;
-  *) echo "unknown bundle $bundle (mnist or cifar10)" >&2; exit 2 ;;
+  mnist | cifar10) sources=("$bundle.npz" "$weights_name") ;;
+  # The benchmarks train on synthetic data: no dataset, no TFDS reader; diffusers for the peer.
+  bench) sources=("$weights_name") ;;
+  *) echo "unknown bundle $bundle (mnist, cifar10 or bench)" >&2; exit 2 ;;
 esac
 grep -qx '/gpu_carry/' .gitignore || { echo "/gpu_carry/ must be in .gitignore" >&2; exit 2; }
 
 # 1. The sources, checked against PROVENANCE.md.
 provenance=$shared/data/PROVENANCE.md
-for f in "$bundle.npz" "$weights_name"; do
+for f in "${sources[@]}"; do
   want=$(grep -F "\`data/$f\`" "$provenance" | grep -oE '[0-9a-f]{64}' | head -1)
   have=$(sha256sum "$shared/data/$f" | cut -d' ' -f1)
   [[ -n "$want" && "$want" == "$have" ]] || { echo "sha256 of $shared/data/$f: $have, PROVENANCE.md: ${want:-none}" >&2; exit 1; }
   echo "ok  $f  sha256 $have (PROVENANCE.md)"
 done
 data_file=$shared/data/$bundle.npz
-if [[ -n "${DRY_SUBSET:-}" ]]; then  # a small dataset for CPU dry runs (same keys, first images)
+if [[ -n "${DRY_SUBSET:-}" && $bundle != bench ]]; then  # a small dataset for CPU dry runs (same keys, first images)
   mkdir -p gpu_carry/subset
   data_file=gpu_carry/subset/$bundle.npz
   python3 - "$shared/data/$bundle.npz" "$data_file" "$DRY_SUBSET" <<'EOF'
@@ -54,11 +57,16 @@ EOF
   echo "dry run: $data_file holds the first $DRY_SUBSET train and $((DRY_SUBSET / 4)) test images"
 fi
 
-# 2. The wheels the machine lacks (not diffusers: the benchmarks' PyTorch peer only).
+# 2. The wheels the machine lacks: the quality jobs need the TFDS reader, not diffusers (the
+# benchmarks' PyTorch peer only); the benchmarks need diffusers, not the TFDS reader.
 if ! compgen -G "$wheels/*.whl" >/dev/null; then
   bash "$shared/tools/gpu-wheels-py312" "$wheels"
 fi
-mapfile -t wheel_files < <(ls "$wheels"/*.whl | grep -v '/diffusers-')
+if [[ $bundle == bench ]]; then
+  mapfile -t wheel_files < <(ls "$wheels"/*.whl | grep -vE '/(tensorflow_datasets|array_record)-')
+else
+  mapfile -t wheel_files < <(ls "$wheels"/*.whl | grep -v '/diffusers-')
+fi
 
 # 3. The tree that travels with every call.
 tree=$(git ls-files -z --cached --others --exclude-standard | xargs -0 stat -c %s 2>/dev/null |
@@ -71,7 +79,8 @@ echo "tree: $tree bytes (tracked + untracked-not-ignored); part size: $part_byte
 # 4. Pack: wheels, dataset, weights.
 files=()
 for w in "${wheel_files[@]}"; do files+=("wheels/$(basename "$w")=$w"); done
-files+=("$bundle.npz=$data_file" "$weights_name=$shared/data/$weights_name")
+[[ $bundle == bench ]] || files+=("$bundle.npz=$data_file")
+files+=("$weights_name=$shared/data/$weights_name")
 python3 launch/gpu/relay.py pack --out "gpu_carry/$bundle" --part-bytes "$part_bytes" "${files[@]}"
 
 # 5. Every call under 64 MiB.
@@ -90,4 +99,4 @@ for k in $(seq 1 "$n"); do
   ((k == n)) && last=" JOB"
   echo "  run(command=\"bash launch/gpu/on_device.sh $bundle $k$last\", carry=[\"gpu_carry/$bundle/part$k\"])"
 done
-echo "JOB: mnist_fast (bundle mnist); cifar10_schedules or cifar10_fast (bundle cifar10)."
+echo "JOB: mnist_fast (bundle mnist); cifar10_schedules or cifar10_fast (bundle cifar10); bench (bundle bench)."

@@ -334,7 +334,9 @@ def _loop(
     writer = writers.create_writer(
         workdir, is_main=is_main, tensorboard=t.tensorboard, resume_step=step
     )
-    bar = writers.progress_bar(t.num_steps, initial=step, enabled=is_main)
+    bar = writers.train_bar(
+        t.num_steps, initial=step, time_budget_s=t.time_budget_s, started=started, enabled=is_main
+    )
     pending: list[dict[str, jax.Array]] = []
     last_log_step, last_log_time = step, time.monotonic()
     last_good = ckpts.latest_step()

@@ -365,3 +365,61 @@ def progress_bar(
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True)
+
+
+class BudgetBar:
+    """Training's bar when a wall-clock budget ends the run: it fills with the seconds used of
+    the budget (counted from `started`, the same clock the loop checks), and shows the step and
+    steps/s beside it. A step bar of `num_steps = 1_000_000` would show an ETA of days."""
+
+    def __init__(
+        self,
+        budget_s: float,
+        *,
+        started: float,
+        initial_step: int = 0,
+        desc: str = "train",
+        clock=time.monotonic,
+        file: Any = None,
+    ):
+        from tqdm.auto import tqdm
+
+        self._clock, self._started = clock, started
+        self._first = self._step = initial_step
+        self._extra = ""
+        self._bar = tqdm(
+            total=float(budget_s),
+            desc=f"{desc} (budget {budget_s:g} s)",
+            bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s{postfix}",
+            dynamic_ncols=True,
+            file=file,
+        )
+
+    @property
+    def n(self) -> float:
+        return self._bar.n
+
+    @property
+    def postfix(self) -> str:
+        return self._bar.postfix or ""
+
+    def update(self, k: int = 1) -> None:
+        self._step += k
+        elapsed = min(max(self._clock() - self._started, 0.0), self._bar.total)
+        rate = (self._step - self._first) / max(elapsed, 1e-9)
+        extra = f", {self._extra}" if self._extra else ""
+        self._bar.set_postfix_str(f"step {self._step}, {rate:.3g} step/s{extra}", refresh=False)
+        self._bar.update(elapsed - self._bar.n)
+
+    def set_postfix_str(self, s: str) -> None:
+        self._extra = s
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def train_bar(num_steps: int, *, initial: int, time_budget_s: float, started: float, enabled: bool):
+    """The bar of a training run: seconds of the budget when it has one, else steps."""
+    if enabled and time_budget_s:
+        return BudgetBar(time_budget_s, started=started, initial_step=initial)
+    return progress_bar(num_steps, initial=initial, enabled=enabled)

@@ -8,6 +8,7 @@ TensorFlow blocked: that is the reader a TF-free machine has, and it starts in u
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -178,3 +179,33 @@ def test_other_processes_only_log(tmp_path) -> None:
     w.write_scalars(1, {"loss": 1.0})
     w.close()
     assert os.listdir(tmp_path) == []
+
+
+def test_budget_bar_fills_with_the_seconds_of_the_budget_and_shows_the_step():
+    now = [100.0]
+    out = io.StringIO()
+    bar = writers.BudgetBar(10.0, started=100.0, initial_step=40, clock=lambda: now[0], file=out)
+    now[0] = 102.5
+    bar.update(8)
+    assert bar.n == 2.5
+    assert bar.postfix.startswith("step 48, 3.2 step/s")  # 8 steps in 2.5 s
+    bar.set_postfix_str("loss=0.1234")
+    now[0] = 130.0  # past the budget: the bar stops at its total
+    bar.update(8)
+    assert bar.n == 10.0
+    assert "step 56" in bar.postfix and "loss=0.1234" in bar.postfix
+    bar.close()
+    text = out.getvalue()
+    assert "train (budget 10 s)" in text and "10/10 s" in text
+
+
+def test_train_bar_counts_steps_without_a_budget():
+    assert not isinstance(
+        writers.train_bar(100, initial=0, time_budget_s=0.0, started=0.0, enabled=False),
+        writers.BudgetBar,
+    )
+    bar = writers.train_bar(100, initial=3, time_budget_s=0.0, started=0.0, enabled=True)
+    try:
+        assert bar.total == 100 and bar.n == 3
+    finally:
+        bar.close()

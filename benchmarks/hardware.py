@@ -47,6 +47,14 @@ def _version(package: str) -> str | None:
         return None
 
 
+def _jax_backend_started() -> bool:
+    try:
+        from jax._src import xla_bridge
+    except ImportError:  # pragma: no cover - a JAX without the private module
+        return False
+    return bool(xla_bridge.backends_are_initialized())
+
+
 def versions() -> dict[str, str | None]:
     """Package versions, plus the CUDA/cuDNN builds of torch and JAX's backend when loaded."""
     names = ("jax", "jaxlib", "jax-cuda12-plugin", "jax-cuda13-plugin", "flax", "optax")
@@ -59,8 +67,8 @@ def versions() -> dict[str, str | None]:
         cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
         out["torch_cudnn"] = None if cudnn is None else str(cudnn)
     jax = sys.modules.get("jax")
-    if jax is not None:
-        with contextlib.suppress(Exception):  # informational only
+    if jax is not None and _jax_backend_started():  # never start one for a version string:
+        with contextlib.suppress(Exception):  # the peer rows run before JAX takes the GPU
             out["jax_backend"] = jax.devices()[0].client.platform_version
     return out
 

@@ -76,6 +76,40 @@ def test_peak_table():
     assert hardware.peak_tflops("cpu", "float32") is None
 
 
+def test_versions_do_not_start_a_jax_backend():
+    """The peer rows run before JAX takes the GPU: the JSON written after each of them must not
+    start JAX's backend (which would reserve GPU memory and share the GPU with the peer)."""
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "import jax\n"
+        "from jax._src import xla_bridge\n"
+        "from benchmarks import hardware\n"
+        "v = hardware.versions()\n"
+        "assert 'jax_backend' not in v, v\n"
+        "assert not xla_bridge.backends_are_initialized()\n"
+        "jax.devices()\n"
+        "assert 'jax_backend' in hardware.versions()\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(REPO)], capture_output=True, text=True, timeout=120,
+        env=subprocess_env(),
+    )  # fmt: skip
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_a_failing_profiler_keeps_the_timed_row(tmp_path: Path):
+    from benchmarks import jax_workloads
+
+    row = Row("train", "tiny", "jax", "bfloat16", 8, "2 steps", "img/s", work=8.0, seconds=[1.0])
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")  # the trace directory cannot be made under a file
+    jax_workloads._trace(row, lambda r: str(blocker / "trace"), lambda: jnp.ones(3))
+    assert row.seconds == [1.0] and row.skipped is None
+    assert row.extra["profile_error"].startswith(("FileExistsError", "NotADirectoryError"))
+    assert "top_ops" not in row.extra
+
+
 def test_peer_ratio_uses_the_fastest_matching_peer_row():
     def row(workload, impl, seconds, batch=128, dtype="bfloat16"):
         return Row(workload, "cifar10", impl, dtype, batch, "", "img/s", 100.0, [seconds])

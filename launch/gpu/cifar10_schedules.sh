@@ -32,7 +32,12 @@
 # ~580-615 s. Raise TRAIN_S once a GPU run has measured the fixed costs (the records hold
 # train_wall_s, total_wall_s, sampling_and_features_wall_s).
 #
-# Env: TRAIN_S (70), SAMPLER (dpm++2m), STEPS (25), DATA_DIR (TFDS data dir; default TFDS's),
+# Warm-up: WARMUP (100) steps, not cifar10_fast.py's 1000: 70 s of which the compile takes a part
+# leave a few hundred steps at batch 512, and the learning rate must reach its peak in them.
+# A run that fails is recorded as failed and the next one still runs (equal steps then fall back
+# to the time budget if run 1 left no record).
+#
+# Env: TRAIN_S (70), WARMUP (100), SAMPLER (dpm++2m), STEPS (25), DATA_DIR (TFDS data dir),
 # EXTRA_ARGS (more --config.* flags for all three runs, e.g. the CPU dry run's), PYTHON (python3).
 set -euo pipefail
 root=${1:?usage: cifar10_schedules.sh WORKROOT}
@@ -47,11 +52,13 @@ common=(
   --config.fid.protocol=both --config.fid.eval_samples=10000
   --config.fid.every=0 --config.fid.num_samples=0 --config.train.best_metric=auto
   "--config.sample.sampler=$sampler" "--config.sample.num_steps=$steps"
+  "--config.train.warmup_steps=${WARMUP:-100}"
 )
 [[ -n "${DATA_DIR:-}" ]] && common+=("--config.data.data_dir=$DATA_DIR")
 # shellcheck disable=SC2206
 extra=(${EXTRA_ARGS:-})
 started=$(date +%s%N)
+failed=0
 runs=("linear 1000" "linear 300" "cosine 300")
 num_steps=""
 for spec in "${runs[@]}"; do
@@ -63,9 +70,12 @@ for spec in "${runs[@]}"; do
     budget=(--config.train.num_steps="$num_steps" --config.train.time_budget_s="$((train_s + 60))")
   fi
   echo "== $name ($(date -u +%T)): ${budget[*]}"
-  "$py" "${common[@]}" --workdir="$root/$name" --config.diffusion.schedule="$schedule" \
-    --config.diffusion.num_timesteps="$t" "${budget[@]}" "${extra[@]}"
-  if [[ -z "$num_steps" ]]; then
+  if ! "$py" "${common[@]}" --workdir="$root/$name" --config.diffusion.schedule="$schedule" \
+    --config.diffusion.num_timesteps="$t" "${budget[@]}" "${extra[@]}"; then
+    echo "== $name FAILED (exit code above); going on with the next schedule"
+    failed=1
+  fi
+  if [[ -z "$num_steps" && -f $root/$name/quality.json ]]; then
     num_steps=$("$py" -c 'import json,sys; print(json.load(open(sys.argv[1]))["train_steps"])' \
       "$root/$name/quality.json")
     echo "== runs 2 and 3 train $num_steps steps, as run 1 did"
@@ -78,7 +88,8 @@ import json, sys
 from pathlib import Path
 root, wall, train_s = Path(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
 names = ["linear_T1000", "linear_T300", "cosine_T300"]
-records = {n: json.loads((root / n / "quality.json").read_text()) for n in names}
+records = {n: json.loads((root / n / "quality.json").read_text())
+           for n in names if (root / n / "quality.json").is_file()}
 summary = {"command_wall_s": round(wall, 1), "train_s": train_s, "runs": records}
 (root / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 lines = ["| schedule | T | train steps | images | train s | sampler | FID tf | FID pytorch_fid | run wall s |",
@@ -88,7 +99,9 @@ for n, r in records.items():
     lines.append(f"| {r['schedule']} | {r['num_timesteps']} | {r['train_steps']} | {r['images_seen']} "
                  f"| {r['train_wall_s']} | {r['sampler']} {r['steps']} | {fid.get('tf', float('nan')):.2f} "
                  f"| {fid.get('pytorch_fid', float('nan')):.2f} | {r['total_wall_s']} |")
+lines += [f"| {n} | failed: no quality.json |" for n in names if n not in records]
 lines.append(f"\nWhole command: {wall:.1f} s (limit 480 s).")
 (root / "schedules.md").write_text("\n".join(lines) + "\n")
 print("\n".join(lines))
 EOF
+exit "$failed"

@@ -53,3 +53,6 @@ for k in $(seq 1 "$n"); do
 done
 echo "=== what comes back from \$OUT:"
 ls -la "$dry/out"
+# The dry run's parts hold a subset dataset: never let a device call carry them.
+rm -rf "gpu_carry/$bundle" gpu_carry/subset
+echo "removed gpu_carry/$bundle (dry-run parts); run prepare_local.sh $bundle before the device calls"

@@ -72,6 +72,16 @@ data.import_arrays(sys.argv[1], data.read_npz(sys.argv[2]), sys.argv[3], full=Fa
   fi
   touch "$root/setup_$bundle.done"
   say "setup done: wheels in $root/site, $bundle data (if any) in $tfds ($(( ($(date +%s%N) - t0) / 1000000 )) ms)"
+  "$py" - <<'EOF' || true
+import importlib.metadata as m
+names = "jax jaxlib flax optax orbax-checkpoint numpy protobuf torch diffusers tensorflow-datasets"
+def version(n):
+    try:
+        return m.version(n)
+    except m.PackageNotFoundError:
+        return "absent"
+print("versions:", ", ".join(f"{n} {version(n)}" for n in names.split()))
+EOF
 }
 if setup_ready; then setup; else say "setup waits for more parts"; fi
 if [[ -z "$job" ]]; then
@@ -89,6 +99,8 @@ export DJAX_FID_WEIGHTS=$weights
 export DJAX_CACHE_DIR=$root/cache/$job DJAX_COMPILATION_CACHE=$root/jax_cache/$job
 rm -rf "$DJAX_CACHE_DIR" "$DJAX_COMPILATION_CACHE" "$root/runs/$job"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
+# On the machine JAX must run on the GPU: a failed CUDA start is an error, not a CPU run.
+[[ -n "${DRY_RUN:-}" ]] || export JAX_PLATFORMS=${JAX_PLATFORMS:-cuda}
 "$py" -c 'import jax; print("jax", jax.__version__, jax.devices())'
 # shellcheck disable=SC2206
 args=(${JOB_ARGS:-})
@@ -114,7 +126,10 @@ log=$out/${name}_log.txt
 say "job $job: ${cmd[*]}" | tee "$log"
 start=$(date +%s%N)
 set +e
-"${cmd[@]}" 2>&1 | tee -a "$log"
+# The job's own limit (JOB_LIMIT_S, 540 s) ends it inside the device call's 600 s, so the
+# outputs below are still copied to $OUT: SIGTERM first (training saves; the benchmarks' JSON
+# is rewritten after every row), SIGKILL 20 s later.
+timeout -s TERM -k 20 "${JOB_LIMIT_S:-540}" "${cmd[@]}" 2>&1 | tee -a "$log"
 rc=${PIPESTATUS[0]}
 set -e
 wall_ms=$(( ($(date +%s%N) - start) / 1000000 ))
@@ -128,7 +143,7 @@ open(path, "w").write(json.dumps(record, indent=2) + "\n")
 print(json.dumps(record))
 EOF
 run=$root/runs/$job
-latest() { ls "$@" 2>/dev/null | sort | tail -1; }
+latest() { ls "$@" 2>/dev/null | sort | tail -1 || true; }  # nothing found: empty, not an exit
 if [[ $job == cifar10_schedules ]]; then
   for r in linear_T1000 linear_T300 cosine_T300; do
     [[ -f $run/$r/quality.json ]] && cp "$run/$r/quality.json" "$out/cifar10_$r.json"
@@ -145,8 +160,13 @@ elif [[ $job == bench ]]; then
   # the JSON already. Kept only if the archive comes back (16 MiB a file).
   if [[ -d $run/profile ]]; then
     tar -czf "$out/benchmarks_h200_profile.tgz" -C "$run" profile
-    (($(stat -c %s "$out/benchmarks_h200_profile.tgz") < 16000000)) ||
-      { say "profile archive over 16 MB: left on the machine"; rm "$out/benchmarks_h200_profile.tgz"; }
+    if (($(stat -c %s "$out/benchmarks_h200_profile.tgz") >= 16000000)); then
+      say "profile archive over 16 MB: only the Perfetto traces come back"
+      (cd "$run" && find profile -name '*perfetto*' -print0 |
+        tar -czf "$out/benchmarks_h200_profile.tgz" --null -T -)
+      (($(stat -c %s "$out/benchmarks_h200_profile.tgz") < 16000000)) ||
+        { say "still over 16 MB: left on the machine"; rm "$out/benchmarks_h200_profile.tgz"; }
+    fi
   fi
 else
   [[ -f $run/quality.json ]] && cp "$run/quality.json" "$out/$name.json"

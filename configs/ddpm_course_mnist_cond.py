@@ -3,7 +3,7 @@
 `ddpm_course_mnist.py` plus class conditioning: one-hot digits through FCBlocks multiply the
 features (c * h + t), the label is dropped to the null (all-zero) vector with probability 0.1
 during training, and samples use classifier-free guidance with weight 5 (the course's gamma).
-Same deviations: GroupNorm for BatchNorm, constant learning rate 1e-3 (no exponential decay).
+Same deviation: GroupNorm for BatchNorm; the same exponential learning-rate decay.
 """
 
 from diffusion_jax.config import from_sibling

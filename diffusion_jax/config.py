@@ -53,7 +53,11 @@ def base_config() -> ml_collections.ConfigDict:
     t.batch_size = 128  # global batch, split evenly over all devices
     t.num_steps = 800_000
     t.lr = 2e-4
-    t.warmup_steps = 5000  # linear warmup from 0, then constant
+    t.warmup_steps = 5000  # linear warmup from 0, then constant (or decayed, below)
+    # After the warm-up, lr * lr_decay_rate ** (steps since warm-up // lr_decay_steps) (staircase
+    # exponential decay, e.g. the course's gamma = 0.1 ** (1 / epochs) once per epoch); 1 = none.
+    t.lr_decay_rate = 1.0
+    t.lr_decay_steps = 0  # steps per decay (> 0 when lr_decay_rate < 1)
     t.grad_clip = 1.0  # global-norm clipping; 0 = off
     # EMA of the parameters. ema_halflife_images > 0 (EDM, Karras et al. 2022): decay per step
     # 0.5 ** (batch / h) with h = min(ema_halflife_images, ema_rampup_ratio * images_seen), so

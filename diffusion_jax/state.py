@@ -93,11 +93,20 @@ def build_schedule(config: ml_collections.ConfigDict) -> diffusion.Schedule:
 
 
 def learning_rate(config: ml_collections.ConfigDict) -> optax.Schedule:
-    """Linear warmup from 0 over `warmup_steps` (Ho et al.), then constant."""
+    """Linear warmup from 0 over `warmup_steps` (Ho et al.), then constant, or with
+    `lr_decay_rate < 1` multiplied by it once every `lr_decay_steps` steps after the warm-up
+    (staircase exponential decay)."""
     t = config.train
+    after: optax.Schedule = optax.constant_schedule(t.lr)
+    if t.lr_decay_rate < 1:
+        after = optax.exponential_decay(
+            t.lr, transition_steps=int(t.lr_decay_steps), decay_rate=float(t.lr_decay_rate),
+            staircase=True,
+        )  # fmt: skip
     if t.warmup_steps > 0:
-        return optax.linear_schedule(0.0, t.lr, t.warmup_steps)
-    return optax.constant_schedule(t.lr)
+        warmup = optax.linear_schedule(0.0, t.lr, t.warmup_steps)
+        return optax.join_schedules([warmup, after], [t.warmup_steps])
+    return after
 
 
 def build_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -311,6 +320,16 @@ def _validate(config: ml_collections.ConfigDict) -> None:
     _positive_int(config, "train.steps_per_call")
     _check(t.lr > 0, "train.lr", t.lr, "must be > 0")
     _check(t.warmup_steps >= 0, "train.warmup_steps", t.warmup_steps, "must be >= 0")
+    _check(
+        0 < t.lr_decay_rate <= 1, "train.lr_decay_rate", t.lr_decay_rate, "must be in (0, 1]"
+    )  # fmt: skip
+    _check(
+        t.lr_decay_rate == 1 or (isinstance(t.lr_decay_steps, int) and t.lr_decay_steps > 0),
+        "train.lr_decay_steps",
+        t.lr_decay_steps,
+        f"must be a positive integer when config.train.lr_decay_rate={t.lr_decay_rate} < 1 "
+        "(the steps between two decays, e.g. one epoch)",
+    )
     _check(t.grad_clip >= 0, "train.grad_clip", t.grad_clip, "must be >= 0 (0 = off)")
     _check(0 <= t.ema_decay < 1, "train.ema_decay", t.ema_decay, "must be in [0, 1)")
     _check(

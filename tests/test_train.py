@@ -48,6 +48,45 @@ def test_learning_rate_warms_up_linearly_then_stays():
     assert [float(lr(s)) for s in (0, 5, 10, 100)] == pytest.approx([0, 5e-4, 1e-3, 1e-3])
 
 
+def test_learning_rate_decays_in_stairs_after_the_warmup():
+    config = tiny_config(
+        "unused", train__lr=1e-3, train__warmup_steps=10, train__lr_decay_rate=0.5,
+        train__lr_decay_steps=20,
+    )  # fmt: skip
+    lr = state_lib.learning_rate(config)
+    steps = (0, 5, 10, 29, 30, 49, 50, 90)
+    want = [0, 5e-4, 1e-3, 1e-3, 5e-4, 5e-4, 2.5e-4, 6.25e-5]  # 90: 80 // 20 = 4 halvings
+    assert [float(lr(s)) for s in steps] == pytest.approx(want)
+
+
+def test_course_config_decays_by_ten_over_its_twenty_epochs():
+    from train_utils import load_config
+
+    config = load_config("ddpm_course_mnist")
+    lr, epoch = state_lib.learning_rate(config), 60_000 // 128
+    gamma = 0.1 ** (1 / 20)
+    assert float(lr(0)) == pytest.approx(1e-3)
+    assert float(lr(epoch - 1)) == pytest.approx(1e-3)
+    assert float(lr(epoch)) == pytest.approx(1e-3 * gamma)
+    assert float(lr(config.train.num_steps - 1)) == pytest.approx(1e-3 * gamma**19)
+    assert float(lr(config.train.num_steps)) == pytest.approx(1e-4)
+    state_lib.validate_config(config)
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        ({"train__lr_decay_rate": 0.0}, r"config.train.lr_decay_rate=0.0 must be in \(0, 1\]"),
+        ({"train__lr_decay_rate": 0.5}, r"config.train.lr_decay_steps=0 must be a positive"),
+    ],
+)
+def test_bad_learning_rate_decay_is_refused(overrides, match):
+    from diffusion_jax.errors import UserError
+
+    with pytest.raises(UserError, match=match):
+        state_lib.validate_config(tiny_config("unused", **overrides))
+
+
 def test_batches_cover_each_shard_once_per_epoch_whatever_the_devices():
     """Rows of an epoch are distinct and each shard gives batch/num_shards rows per step."""
     n, size, batch = 2, 12, 4

@@ -37,6 +37,10 @@ if [[ $job == bench ]]; then
     echo "raise ImportError('$m is not on the GPU machine and the bench bundle carries none')" \
       >"$dry/site/$m/__init__.py"
   done
+  # And an old flax without nnx.List, so that the carried fallback flax is installed and used.
+  mkdir -p "$dry/site/flax/nnx"
+  echo "" >"$dry/site/flax/__init__.py"
+  echo "Module = object  # flax < 0.12: no List" >"$dry/site/flax/nnx/__init__.py"
 elif [[ $job == cifar10_schedules ]]; then
   extra=("${small[@]}")
   export TRAIN_S=20

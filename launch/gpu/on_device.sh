@@ -61,6 +61,11 @@ setup() {
       --target "$root/site" "$files"/wheels/*.whl
   fi
   export PYTHONPATH=$root/site:$PWD
+  if ! "$py" -c 'from flax import nnx; nnx.List' 2>/dev/null; then
+    say "the machine's flax has no nnx.List (needs >= 0.12): installing the carried fallback"
+    "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target "$root/site" "$files"/fallback/flax-*.whl
+  fi
   if [[ $bundle == bench ]]; then
     :  # the benchmarks train on synthetic data
   elif [[ -n "${DRY_RUN:-}" ]]; then

@@ -79,6 +79,13 @@ echo "tree: $tree bytes (tracked + untracked-not-ignored); part size: $part_byte
 # 4. Pack: wheels, dataset, weights.
 files=()
 for w in "${wheel_files[@]}"; do files+=("wheels/$(basename "$w")=$w"); done
+# A fallback flax (pure Python, 0.5 MB): the code needs flax >= 0.12 (nnx.List) and the machine's
+# flax version was never read; on_device.sh installs it only if the machine's flax lacks nnx.List.
+fallback=gpu_carry/fallback
+if ! compgen -G "$fallback/flax-*.whl" >/dev/null; then
+  python3 -m pip download -q --no-deps --only-binary=:all: -d "$fallback" "flax==${FLAX_FALLBACK:-0.12.8}"
+fi
+for w in "$fallback"/flax-*.whl; do files+=("fallback/$(basename "$w")=$w"); done
 [[ $bundle == bench ]] || files+=("$bundle.npz=$data_file")
 files+=("$weights_name=$shared/data/$weights_name")
 python3 launch/gpu/relay.py pack --out "gpu_carry/$bundle" --part-bytes "$part_bytes" "${files[@]}"

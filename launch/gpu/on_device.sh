@@ -66,6 +66,12 @@ setup() {
     "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
       --target "$root/site" "$files"/fallback/flax-*.whl
   fi
+  if [[ $bundle != bench ]] &&
+    ! "$py" -c 'import tensorflow_metadata.proto.v0.schema_pb2' 2>/dev/null; then
+    say "the TFDS reader refuses the machine's protobuf: installing the carried protobuf 6.31.1"
+    "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target "$root/site" "$files"/fallback/protobuf-*.whl
+  fi
   if [[ $bundle == bench ]]; then
     :  # the benchmarks train on synthetic data
   elif [[ -n "${DRY_RUN:-}" ]]; then

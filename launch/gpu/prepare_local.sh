@@ -86,6 +86,16 @@ if ! compgen -G "$fallback/flax-*.whl" >/dev/null; then
   python3 -m pip download -q --no-deps --only-binary=:all: -d "$fallback" "flax==${FLAX_FALLBACK:-0.12.8}"
 fi
 for w in "$fallback"/flax-*.whl; do files+=("fallback/$(basename "$w")=$w"); done
+# And protobuf 6.31.1 (0.3 MB) for the TFDS reader: tensorflow_metadata's generated code refuses
+# an older protobuf runtime; installed only if the machine's protobuf is refused.
+if [[ $bundle != bench ]]; then
+  if ! compgen -G "$fallback/protobuf-*.whl" >/dev/null; then
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+      --implementation cp --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
+      -d "$fallback" protobuf==6.31.1
+  fi
+  for w in "$fallback"/protobuf-*.whl; do files+=("fallback/$(basename "$w")=$w"); done
+fi
 [[ $bundle == bench ]] || files+=("$bundle.npz=$data_file")
 files+=("$weights_name=$shared/data/$weights_name")
 python3 launch/gpu/relay.py pack --out "gpu_carry/$bundle" --part-bytes "$part_bytes" "${files[@]}"

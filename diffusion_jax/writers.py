@@ -385,7 +385,8 @@ class BudgetBar:
         from tqdm.auto import tqdm
 
         self._clock, self._started = clock, started
-        self._first = self._step = initial_step
+        self._step = initial_step
+        self._since: tuple[int, float] | None = None  # (step, time) of the first update
         self._extra = ""
         self._bar = tqdm(
             total=float(budget_s),
@@ -405,10 +406,14 @@ class BudgetBar:
 
     def update(self, k: int = 1) -> None:
         self._step += k
-        elapsed = min(max(self._clock() - self._started, 0.0), self._bar.total)
-        rate = (self._step - self._first) / max(elapsed, 1e-9)
+        now = self._clock()
+        elapsed = min(max(now - self._started, 0.0), self._bar.total)
+        if self._since is None:  # the rate counts from here: the first call compiled
+            self._since = (self._step, now)
+        done, then = self._step - self._since[0], now - self._since[1]
+        rate = f", {done / then:.3g} step/s" if done and then > 0 else ""
         extra = f", {self._extra}" if self._extra else ""
-        self._bar.set_postfix_str(f"step {self._step}, {rate:.3g} step/s{extra}", refresh=False)
+        self._bar.set_postfix_str(f"step {self._step}{rate}{extra}", refresh=False)
         self._bar.update(elapsed - self._bar.n)
 
     def set_postfix_str(self, s: str) -> None:

@@ -121,6 +121,34 @@ def check_compatible(saved: Mapping[str, Any], expected: Mapping[str, Any], wher
     )
 
 
+# Settings that say what a trained network computes, beyond its shapes: sampling or scoring it
+# under other values gives wrong images without any error (a T=100 model run with T=1000).
+_MEANING = ("config.method", "config.data.dataset")
+_MEANING_DDPM = ("config.diffusion.",)
+
+
+def check_same_meaning(saved: Mapping[str, Any], expected: Mapping[str, Any], where: str) -> None:
+    """Raise `CheckpointError` if the config would use the weights in `where` under another
+    method, dataset or (for DDPM) noise schedule than they were trained with."""
+    have, want = saved.get("config"), expected["config"]
+    if not have:
+        return  # an old meta without its config: the shapes were checked
+    ddpm = _flat(want).get("config.method", "ddpm") == "ddpm"
+    keys = _MEANING + (_MEANING_DDPM if ddpm else ())
+    diffs = [d for d in config_differences(have, want) if d.startswith(keys)]
+    if not diffs:
+        return
+    flags = " ".join(
+        f"--{d.split(':')[0]}={_flat(have).get(d.split(':')[0])}" for d in diffs
+    )  # fmt: skip
+    raise CheckpointError(
+        f"The checkpoint in {where} was trained with other settings than the config asks for: "
+        + "; ".join(diffs)
+        + f". Its samples and scores would be wrong. Use the checkpoint's settings ({flags}) "
+        "or another --workdir."
+    )
+
+
 def _manager(
     directory: str, keep: int, read_only: bool, items: tuple[str, ...]
 ) -> ocp.CheckpointManager | None:
@@ -379,7 +407,9 @@ class Checkpoints:
                 "(--mode=train with the same --workdir) or point --workdir at a trained run."
             )
         where = self._where(resolved, best)
-        check_compatible(self.read_meta(resolved, best=best), expected_meta, where)
+        meta = self.read_meta(resolved, best=best)
+        check_compatible(meta, expected_meta, where)
+        check_same_meaning(meta, expected_meta, where)
         try:
             out = self._manager_for(best).restore(
                 resolved,

@@ -208,8 +208,21 @@ def check_data(config: ml_collections.ConfigDict, mode: str) -> None:
         if mode in (*TRAIN_MODES, "eval_watch") and config.train.heldout_examples:
             splits.add("test")  # the held-out loss's images
         dataset, data_dir = d.dataset, d.data_dir
+        size, channels = d.image_size, d.channels
     except (AttributeError, KeyError):
         return
+    info = data.DATASETS.get(dataset)
+    if splits and info is not None:  # all that does not fit, in one message, with the flags
+        fixes = []
+        if size != info.image_size:
+            fixes.append(f"--config.data.image_size={info.image_size} (no resizing is done)")
+        if channels == 1 and info.channels == 3:
+            fixes.append("--config.data.channels=3 (no grayscale conversion is done)")
+        if fixes:
+            raise UserError(
+                f"{dataset} images are {info.image_size}x{info.image_size}x{info.channels}, the "
+                f"config asks for {size}x{size}x{channels}: set " + " and ".join(fixes) + "."
+            )
     for split in sorted(splits):
         data.check_prepared(dataset, split, data_dir)
 

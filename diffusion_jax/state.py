@@ -323,8 +323,11 @@ def _validate(config: ml_collections.ConfigDict) -> None:
     _check(
         0 < t.lr_decay_rate <= 1, "train.lr_decay_rate", t.lr_decay_rate, "must be in (0, 1]"
     )  # fmt: skip
+    steps = t.lr_decay_steps
+    ok = isinstance(steps, int) and steps >= 0
+    _check(ok, "train.lr_decay_steps", steps, "must be an integer >= 0")
     _check(
-        t.lr_decay_rate == 1 or (isinstance(t.lr_decay_steps, int) and t.lr_decay_steps > 0),
+        t.lr_decay_rate == 1 or steps > 0,
         "train.lr_decay_steps",
         t.lr_decay_steps,
         f"must be a positive integer when config.train.lr_decay_rate={t.lr_decay_rate} < 1 "

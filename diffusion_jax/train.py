@@ -275,6 +275,13 @@ def train_and_evaluate(
             )
             if changed:
                 logging.warning("Settings changed since the checkpoint: %s", "; ".join(changed))
+            if int(state.step) >= t.num_steps:
+                logging.warning(
+                    "Nothing to train: the checkpoint in %s is at step %d, config.train."
+                    "num_steps=%d. Raise --config.train.num_steps to train on.",
+                    ckpts.latest_dir, int(state.step), t.num_steps,
+                )  # fmt: skip
+                return state
         train_data = load_train_data(config, mesh)
         run = _Run(config, workdir, mesh, static, ckpts, meta, is_main, started)
         return _loop(run, state, train_data, evaluate_fn, stop)

@@ -78,6 +78,30 @@ def test_incompatible_checkpoint_is_refused_and_untouched(trained, tmp_path):
     assert snapshot(run) == before
 
 
+@pytest.mark.parametrize(
+    "overrides, shown",
+    [
+        ({"diffusion__num_timesteps": 1000}, "num_timesteps: checkpoint 100, now 1000"),
+        ({"diffusion__schedule": "cosine"}, "schedule: checkpoint 'linear', now 'cosine'"),
+        ({"diffusion__prediction": "v"}, "prediction: checkpoint 'eps', now 'v'"),
+    ],
+)
+def test_sampling_under_another_schedule_is_refused(trained, overrides, shown):
+    """Same shapes, other meaning: the EMA restore (sample, eval, edit, watch) refuses it."""
+    config, workdir, _ = trained
+    assert config.diffusion.num_timesteps == 100 and config.diffusion.schedule == "linear"
+    other = tiny_config(config.data.data_dir, **overrides)
+    abstract, meta = _abstract(other)
+    ckpts = checkpoint.Checkpoints(str(workdir), read_only=True)
+    with pytest.raises(CheckpointError) as error:
+        ckpts.restore_ema(abstract.ema_params, meta)
+    ckpts.close()
+    message = str(error.value)
+    assert f"config.diffusion.{shown}" in message and "would be wrong" in message
+    key = shown.split(":")[0]
+    assert f"--config.diffusion.{key}=" in message  # the flag that makes the config match
+
+
 def test_corrupt_checkpoint_is_refused_and_untouched(trained, tmp_path):
     config, workdir, _ = trained
     run = _copy(workdir, tmp_path)

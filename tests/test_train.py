@@ -78,6 +78,7 @@ def test_course_config_decays_by_ten_over_its_twenty_epochs():
     [
         ({"train__lr_decay_rate": 0.0}, r"config.train.lr_decay_rate=0.0 must be in \(0, 1\]"),
         ({"train__lr_decay_rate": 0.5}, r"config.train.lr_decay_steps=0 must be a positive"),
+        ({"train__lr_decay_steps": -3}, r"config.train.lr_decay_steps=-3 must be an integer >= 0"),
     ],
 )
 def test_bad_learning_rate_decay_is_refused(overrides, match):
@@ -166,6 +167,24 @@ def test_time_budget_stops_and_checkpoints(tiny_mnist_dir, tmp_path, caplog):
     assert ckpts.all_steps() == [1]
     ckpts.close()
     assert "stopped by the time budget" in caplog.text
+
+
+def test_a_finished_run_says_so_and_loads_nothing(tiny_mnist_dir, tmp_path, caplog, monkeypatch):
+    config = tiny_config(tiny_mnist_dir, train__num_steps=1000, train__time_budget_s=1e-3)
+    train.train_and_evaluate(config, str(tmp_path))  # stops at step 1 (the budget)
+    from train_utils import snapshot
+
+    before = snapshot(tmp_path)
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("a finished run must not load the training data")
+
+    monkeypatch.setattr(train, "load_train_data", no_data)
+    done = tiny_config(tiny_mnist_dir, train__num_steps=1)
+    state = train.train_and_evaluate(done, str(tmp_path))
+    assert int(state.step) == 1
+    assert "Nothing to train" in caplog.text and "Raise --config.train.num_steps" in caplog.text
+    assert snapshot(tmp_path) == before
 
 
 @pytest.mark.parametrize("resume", [False, True])

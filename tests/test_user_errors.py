@@ -54,6 +54,18 @@ def test_missing_data_is_found_before_the_model_is_built(tmp_path, cli_flags, mo
         assert not (tmp_path / "w").exists()
 
 
+def test_a_config_that_does_not_fit_the_dataset_says_every_fix_at_once(tmp_path):
+    config = tiny_config(str(tmp_path / "empty"))  # 28x28x1
+    config.data.dataset = "cifar10"
+    with pytest.raises(UserError) as error:
+        main.check_data(config, "train")  # before the data check: nothing is read or made
+    message = str(error.value)
+    assert "cifar10 images are 32x32x3, the config asks for 28x28x1" in message
+    assert "--config.data.image_size=32" in message and "--config.data.channels=3" in message
+    main.check_data(config, "sample")  # reads no data: the checkpoint's shapes decide
+    assert not any(tmp_path.iterdir())
+
+
 def test_eval_checks_data_only_when_it_needs_reference_statistics(tmp_path):
     config = tiny_config(str(tmp_path / "empty"))
     config.fid.ref_stats = str(tmp_path / "ref-{protocol}.npz")

@@ -301,7 +301,37 @@ def _non_finite(node, prefix: str = "") -> list[str]:
     return out
 
 
+def _unknown_settings(config: ml_collections.ConfigDict) -> list[str]:
+    """`config.train.lrx (did you mean lr?)` for every setting of a shared section that
+    `base_config()` does not have: a typo in a config file would otherwise be ignored (flags
+    are checked by ml_collections already). Method sections (config.gan, ...) are the
+    method's to check."""
+    import difflib
+
+    from diffusion_jax.config import base_config
+
+    base, out = base_config(), []
+    for section, defaults in base.items():
+        if not isinstance(defaults, ml_collections.ConfigDict) or section not in config:
+            continue
+        given = config[section]
+        if not isinstance(given, ml_collections.ConfigDict):
+            continue
+        for key in given:
+            if key not in defaults:
+                near = difflib.get_close_matches(key, list(defaults.keys()), n=1)
+                hint = f" (did you mean {near[0]}?)" if near else ""
+                out.append(f"config.{section}.{key}{hint}")
+    return out
+
+
 def _validate(config: ml_collections.ConfigDict) -> None:
+    unknown = _unknown_settings(config)
+    if unknown:
+        raise UserError(
+            f"{', '.join(unknown)}: no such setting. The config file sets a field that "
+            "diffusion_jax.config.base_config() does not have; fix the name there."
+        )
     bad = _non_finite(config)
     if bad:
         raise UserError(f"{', '.join(bad)}: settings must be finite numbers.")

@@ -66,6 +66,17 @@ def test_a_config_that_does_not_fit_the_dataset_says_every_fix_at_once(tmp_path)
     assert not any(tmp_path.iterdir())
 
 
+def test_a_typo_in_a_config_file_is_refused_with_the_name_it_meant():
+    config = tiny_config("unused")
+    config.train.lrx = 1e-3  # what a config file can do: its ConfigDict is not locked
+    config.sample.stepz = 10
+    with pytest.raises(UserError) as error:
+        state_lib.validate_config(config)
+    message = str(error.value)
+    assert "config.train.lrx (did you mean lr?)" in message
+    assert "config.sample.stepz" in message and "no such setting" in message
+
+
 def test_eval_checks_data_only_when_it_needs_reference_statistics(tmp_path):
     config = tiny_config(str(tmp_path / "empty"))
     config.fid.ref_stats = str(tmp_path / "ref-{protocol}.npz")

@@ -135,7 +135,12 @@ def check_same_meaning(saved: Mapping[str, Any], expected: Mapping[str, Any], wh
         return  # an old meta without its config: the shapes were checked
     ddpm = _flat(want).get("config.method", "ddpm") == "ddpm"
     keys = _MEANING + (_MEANING_DDPM if ddpm else ())
-    diffs = [d for d in config_differences(have, want) if d.startswith(keys)]
+    saved_keys = set(_flat(have))  # a setting newer than the checkpoint is not a difference
+    diffs = [
+        d
+        for d in config_differences(have, want)
+        if d.startswith(keys) and d.split(":")[0] in saved_keys
+    ]
     if not diffs:
         return
     flags = " ".join(

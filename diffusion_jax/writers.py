@@ -387,7 +387,7 @@ class BudgetBar:
         self._clock, self._started = clock, started
         self._step = initial_step
         self._since: tuple[int, float] | None = None  # (step, time) of the first update
-        self._extra = ""
+        self._extra = self._rate = ""
         self._bar = tqdm(
             total=float(budget_s),
             desc=f"{desc} (budget {budget_s:g} s)",
@@ -411,13 +411,19 @@ class BudgetBar:
         if self._since is None:  # the rate counts from here: the first call compiled
             self._since = (self._step, now)
         done, then = self._step - self._since[0], now - self._since[1]
-        rate = f", {done / then:.3g} step/s" if done and then > 0 else ""
-        extra = f", {self._extra}" if self._extra else ""
-        self._bar.set_postfix_str(f"step {self._step}{rate}{extra}", refresh=False)
+        self._rate = f", {done / then:.3g} step/s" if done and then > 0 else ""
+        self._bar.set_postfix_str(self._text(), refresh=False)
         self._bar.update(elapsed - self._bar.n)
 
+    def _text(self) -> str:
+        extra = f", {self._extra}" if self._extra else ""
+        return f"step {self._step}{self._rate}{extra}"
+
     def set_postfix_str(self, s: str) -> None:
+        """The loss etc. after the step: shown now (the last log of a run must not wait for
+        an update that never comes)."""
         self._extra = s
+        self._bar.set_postfix_str(self._text())
 
     def close(self) -> None:
         self._bar.close()

@@ -192,6 +192,7 @@ def test_budget_bar_fills_with_the_seconds_of_the_budget_and_shows_the_step():
     bar.update(8)
     assert bar.postfix == "step 56, 4 step/s"  # 8 steps in the 2 s since the first call
     bar.set_postfix_str("loss=0.1234")
+    assert bar.postfix == "step 56, 4 step/s, loss=0.1234"  # shown at once
     now[0] = 130.0  # past the budget: the bar stops at its total
     bar.update(8)
     assert bar.n == 10.0

@@ -54,23 +54,25 @@ setup_ready() {  # every wheel and the dataset extracted (the weights may still 
     [[ -f $files/$n ]] || return 1
   done < <(names)
 }
+# Carried wheels go into $root/site, beside the machine's own packages (which stay).
+install_wheels() {
+  "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target "$root/site" "$@"
+}
 setup() {
   [[ -f $root/setup_$bundle.done ]] && return 0
   if [[ -z "${SKIP_WHEELS:-}" ]]; then
-    "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-      --target "$root/site" "$files"/wheels/*.whl
+    install_wheels "$files"/wheels/*.whl
   fi
   export PYTHONPATH=$root/site:$PWD
   if ! "$py" -c 'from flax import nnx; nnx.List' 2>/dev/null; then
     say "the machine's flax has no nnx.List (needs >= 0.12): installing the carried fallback"
-    "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-      --target "$root/site" "$files"/fallback/flax-*.whl
+    install_wheels "$files"/fallback/flax-*.whl
   fi
   if [[ $bundle != bench ]] &&
     ! "$py" -c 'import tensorflow_metadata.proto.v0.schema_pb2' 2>/dev/null; then
     say "the TFDS reader refuses the machine's protobuf: installing the carried protobuf 6.31.1"
-    "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-      --target "$root/site" "$files"/fallback/protobuf-*.whl
+    install_wheels "$files"/fallback/protobuf-*.whl
   fi
   if [[ $bundle == bench ]]; then
     :  # the benchmarks train on synthetic data

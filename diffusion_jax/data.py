@@ -179,9 +179,11 @@ def load_split(
     channels = info.channels if channels is None else channels
     if channels not in (1, 3):
         raise UserError(f"channels must be 1 or 3, got {channels}.")
-    if channels == 1 and info.channels == 3:
+    image_size = info.image_size if image_size is None else image_size
+    fixes = shape_fixes(info, image_size, channels)
+    if "channels" in fixes:
         raise UserError(f"{dataset} is RGB; set channels=3 (no grayscale conversion is done).")
-    if image_size is not None and image_size != info.image_size:
+    if "image_size" in fixes:
         raise UserError(
             f"image_size={image_size} but {dataset} images are {info.image_size}x"
             f"{info.image_size}; set image_size={info.image_size} (no resizing is done)."
@@ -256,6 +258,17 @@ def _prepared_builder(dataset: str, data_dir: str) -> Any:
             + prepare_commands(dataset, data_dir)
         )
     return builder
+
+
+def shape_fixes(info: DatasetInfo, image_size: int, channels: int) -> dict[str, int]:
+    """What `image_size` / `channels` must become to read `info`'s images ({} when they fit):
+    no resizing is done, and gray is repeated to RGB but RGB is never made gray."""
+    fixes = {}
+    if image_size != info.image_size:
+        fixes["image_size"] = info.image_size
+    if channels == 1 and info.channels == 3:
+        fixes["channels"] = 3
+    return fixes
 
 
 def check_prepared(dataset: str, split: str = "train", data_dir: str | None = None) -> None:

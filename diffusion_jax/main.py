@@ -212,17 +212,14 @@ def check_data(config: ml_collections.ConfigDict, mode: str) -> None:
     except (AttributeError, KeyError):
         return
     info = data.DATASETS.get(dataset)
-    if splits and info is not None:  # all that does not fit, in one message, with the flags
-        fixes = []
-        if size != info.image_size:
-            fixes.append(f"--config.data.image_size={info.image_size} (no resizing is done)")
-        if channels == 1 and info.channels == 3:
-            fixes.append("--config.data.channels=3 (no grayscale conversion is done)")
-        if fixes:
-            raise UserError(
-                f"{dataset} images are {info.image_size}x{info.image_size}x{info.channels}, the "
-                f"config asks for {size}x{size}x{channels}: set " + " and ".join(fixes) + "."
-            )
+    fixes = data.shape_fixes(info, size, channels) if splits and info is not None else {}
+    if fixes:  # all that does not fit, in one message, with the flags
+        why = {"image_size": "no resizing is done", "channels": "no grayscale conversion is done"}
+        flags = [f"--config.data.{k}={v} ({why[k]})" for k, v in fixes.items()]
+        raise UserError(
+            f"{dataset} images are {info.image_size}x{info.image_size}x{info.channels}, the "
+            f"config asks for {size}x{size}x{channels}: set " + " and ".join(flags) + "."
+        )
     for split in sorted(splits):
         data.check_prepared(dataset, split, data_dir)
 

@@ -133,19 +133,16 @@ def check_same_meaning(saved: Mapping[str, Any], expected: Mapping[str, Any], wh
     have, want = saved.get("config"), expected["config"]
     if not have:
         return  # an old meta without its config: the shapes were checked
-    ddpm = _flat(want).get("config.method", "ddpm") == "ddpm"
-    keys = _MEANING + (_MEANING_DDPM if ddpm else ())
-    saved_keys = set(_flat(have))  # a setting newer than the checkpoint is not a difference
+    trained = _flat(have)  # a setting newer than the checkpoint (absent here) is no difference
+    keys = _MEANING + (_MEANING_DDPM if want.get("method", "ddpm") == "ddpm" else ())
     diffs = [
         d
         for d in config_differences(have, want)
-        if d.startswith(keys) and d.split(":")[0] in saved_keys
+        if d.startswith(keys) and d.split(":")[0] in trained
     ]
     if not diffs:
         return
-    flags = " ".join(
-        f"--{d.split(':')[0]}={_flat(have).get(d.split(':')[0])}" for d in diffs
-    )  # fmt: skip
+    flags = " ".join(f"--{key}={trained[key]}" for key in (d.split(":")[0] for d in diffs))
     raise CheckpointError(
         f"The checkpoint in {where} was trained with other settings than the config asks for: "
         + "; ".join(diffs)

@@ -1,6 +1,8 @@
 """Entry point: `python -m diffusion_jax.main --config=configs/<name>.py --workdir=DIR`.
 
     --mode=train (default) | sample | eval | fid_stats | train_and_eval | eval_watch | edit
+           | export (a checkpoint's EMA weights as a model folder: --export_to=FOLDER)
+    --pretrained=NAME|DIR  sample/eval/edit with a shipped model (no training, no --config)
     --watch_timeout=S      eval_watch: exit after S seconds without a new checkpoint
     --config.a.b=value     overrides any config field (see diffusion_jax/config.py)
     --checkpoint=N|best    which checkpoint sample/eval read (default: the latest)
@@ -39,6 +41,7 @@ from diffusion_jax import (
     evaluate,
     methods,
     parallel,
+    pretrained,
     sampling,
     train,
     watch,
@@ -96,6 +99,12 @@ def _edit(config: ml_collections.ConfigDict, args: RunArgs) -> None:
     editing.run(config, args.workdir, checkpoint=args.checkpoint)
 
 
+def _export(config: ml_collections.ConfigDict, args: RunArgs) -> None:
+    if not FLAGS.export_to:
+        raise UserError("--mode=export needs --export_to=FOLDER (the model folder to write).")
+    sampling.export(config, args.workdir, FLAGS.export_to, args.checkpoint)
+
+
 TRAIN_MODES = ("train", "train_and_eval")
 MODES: dict[str, Callable[[ml_collections.ConfigDict, RunArgs], object]] = {
     "train": _train,
@@ -105,7 +114,9 @@ MODES: dict[str, Callable[[ml_collections.ConfigDict, RunArgs], object]] = {
     "train_and_eval": _train_and_eval,
     "eval_watch": _eval_watch,
     "edit": _edit,
+    "export": _export,
 }
+PRETRAINED_MODES = ("sample", "eval", "edit")  # the modes --pretrained serves
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/cifar10.py; fields overridable as --config.a.b=v."
@@ -120,6 +131,13 @@ flags.DEFINE_float(
     watch.DEFAULT_TIMEOUT_S,
     "eval_watch: stop after this many seconds with nothing to evaluate and no new checkpoint.",
 )
+flags.DEFINE_string(
+    "pretrained",
+    None,
+    "sample/eval/edit with a shipped model (e.g. mnist_cond) or a folder written by "
+    "--mode=export; its config is the default --config, --workdir (outputs) defaults to NAME.",
+)
+flags.DEFINE_string("export_to", None, "--mode=export: the model folder to write.")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).")
 flags.DEFINE_integer("process_id", None, "This process's index (multi-process runs).")
@@ -249,13 +267,16 @@ def _run_mode() -> int:
         )
         parallel.initialize(spec)
         config = _load_config()
-        if not FLAGS.workdir:
+        workdir, which = FLAGS.workdir, FLAGS.checkpoint
+        if FLAGS.pretrained:
+            workdir, which = _pretrained_args(FLAGS.pretrained, FLAGS.mode, workdir, which)
+        if not workdir:
             raise UserError("--workdir is required: the run's directory (checkpoints, metrics).")
-        check_workdir(FLAGS.workdir)
+        check_workdir(workdir)
         check_data(config, FLAGS.mode)
         methods.validate_config(config)
         config_file = config_flags.get_config_filename(FLAGS["config"])
-        MODES[FLAGS.mode](config, RunArgs(FLAGS.workdir, FLAGS.checkpoint, config_file))
+        MODES[FLAGS.mode](config, RunArgs(workdir, which, config_file))
     except train.TrainingStopped as e:
         logging.warning("%s", e)
         # A stopped training run is a clean stop (as one stopped after saving); another mode
@@ -276,6 +297,43 @@ def _run_mode() -> int:
             EXIT_PEER_FAILED,
         )
     return 0
+
+
+def _pretrained_args(
+    name: str, mode: str, workdir: str | None, which: str | None
+) -> tuple[str, str]:
+    """(workdir, checkpoint) for `--pretrained=name`: outputs in `workdir` (default: a folder
+    named after the model), weights from the model folder."""
+    if mode not in PRETRAINED_MODES:
+        raise UserError(
+            f"--pretrained serves --mode={'|'.join(PRETRAINED_MODES)}, not --mode={mode} (to "
+            "train, give --config and --workdir)."
+        )
+    if which:
+        raise UserError("--pretrained and --checkpoint both choose the weights: give one.")
+    folder = pretrained.resolve(name)
+    if not workdir:
+        workdir = folder.name
+        logging.info("Writing into ./%s (--workdir chooses another folder).", workdir)
+    return workdir, pretrained.PREFIX + str(folder)
+
+
+def _with_pretrained_config(argv: list[str]) -> list[str]:
+    """`--pretrained=X` without `--config`: the model's own config file becomes `--config`."""
+    name = None
+    for i, arg in enumerate(argv):
+        if arg.startswith(("--pretrained=", "-pretrained=")):
+            name = arg.split("=", 1)[1]
+        elif arg in ("--pretrained", "-pretrained") and i + 1 < len(argv):
+            name = argv[i + 1]
+    if not name or _config_file(argv):
+        return argv
+    try:
+        folder = pretrained.resolve(name)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    return [argv[0], f"--config={folder / pretrained.CONFIG_FILE}", *argv[1:]]
 
 
 def _config_file(argv: list[str]) -> str | None:
@@ -325,6 +383,7 @@ def config_file_error(e: BaseException, config_file: str | None) -> str | None:
 
 def _parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing, with a bad flag or config file reported in one line (exit 2)."""
+    argv = _with_pretrained_config(argv)
     try:
         return FLAGS(argv)
     except Exception as e:  # noqa: BLE001 - flags.Error, or whatever the config file raised

@@ -11,10 +11,13 @@ never has to fit on the devices.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import logging
 import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -24,7 +27,16 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from diffusion_jax import checkpoint, diffusion, images, methods, parallel, samplers, writers
+from diffusion_jax import (
+    checkpoint,
+    diffusion,
+    images,
+    methods,
+    parallel,
+    pretrained,
+    samplers,
+    writers,
+)
 from diffusion_jax import state as state_lib
 from diffusion_jax.errors import UserError
 from diffusion_jax.pixels import quantize
@@ -176,9 +188,15 @@ def load_ema_params(
     config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, which: str | int | None = None
 ) -> tuple[nnx.State, int]:
     """EMA parameters (what the method's sampler takes) of the latest checkpoint, of step
-    `which`, or of the best one ("best")."""
+    `which`, of the best one ("best"), or of a pretrained model ("pretrained:NAME_OR_FOLDER",
+    `diffusion_jax.pretrained`; `workdir` is then only where outputs go)."""
     best = which == "best"
     step = None
+    if isinstance(which, str) and which.startswith(pretrained.PREFIX):
+        folder = pretrained.resolve(which[len(pretrained.PREFIX) :])
+        _, abstract_state = methods.abstract_state(config, parallel.replicated(mesh))
+        expected = checkpoint.make_meta(config, abstract_state.params)
+        return pretrained.load_ema(folder, abstract_state.ema_params, expected)
     if which not in (None, "", "latest", "best"):
         try:
             step = int(which)
@@ -193,6 +211,33 @@ def load_ema_params(
         return ckpts.restore_ema(abstract_state.ema_params, expected, step, best=best)
     finally:
         ckpts.close()
+
+
+def export(
+    config: ml_collections.ConfigDict, workdir: str, out_dir: str, which: str | None = None
+) -> str:
+    """`--mode=export`: a checkpoint's EMA parameters as a pretrained model folder (see
+    `diffusion_jax.pretrained`), with the checkpoint's meta and the FID records of that step."""
+    mesh = parallel.make_mesh()
+    params, step = load_ema_params(config, workdir, mesh, which)
+    ckpts = checkpoint.Checkpoints(workdir, read_only=True)
+    try:
+        meta = ckpts.read_meta(step, best=which == "best")
+    finally:
+        ckpts.close()
+    records = {}  # the FID records of this step (eval/*.json, quality.json), kept beside it
+    root = Path(workdir)
+    for path in sorted([*root.glob("eval/*.json"), root / "quality.json"]):
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            record = json.loads(path.read_text())
+            if int(record.get("checkpoint_step", -1)) == step:
+                records[str(path.relative_to(root))] = record
+    folder = pretrained.export(
+        params, meta, step, out_dir, workdir=os.path.abspath(workdir),
+        checkpoint=which or "latest", records=records,
+    )  # fmt: skip
+    logging.info("Exported the EMA parameters of step %d to %s.", step, folder)
+    return str(folder)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, *, checkpoint: str | None = None) -> dict:

@@ -246,7 +246,7 @@ def train_and_evaluate(
     if stop is None:
         with StopRequest() as own:
             return train_and_evaluate(config, workdir, evaluate_fn=evaluate_fn, stop=own)
-    started = time.monotonic()
+    started, cpu_started = time.monotonic(), time.process_time()
     methods.validate_config(config)
     t = config.train
     mesh = parallel.make_mesh()
@@ -267,6 +267,10 @@ def train_and_evaluate(
             )
         else:
             saved = ckpts.read_meta(int(state.step))
+            # The clocks go on from the checkpoint's: a time budget spans resumes.
+            clock = saved.get(TRAIN_CLOCK) or {}
+            started -= float(clock.get("wall_s", 0.0))
+            cpu_started -= float(clock.get("cpu_s", 0.0))
             changed = checkpoint.config_differences(saved.get("config", {}), meta["config"])
             logging.info("Resuming from step %d in %s.", int(state.step), ckpts.latest_dir)
             stop.note = (
@@ -282,8 +286,16 @@ def train_and_evaluate(
                     ckpts.latest_dir, int(state.step), t.num_steps,
                 )  # fmt: skip
                 return state
+            spent = time.monotonic() - started
+            if t.time_budget_s and spent >= t.time_budget_s:
+                logging.warning(
+                    "Nothing to train: the checkpoint in %s has used %.0f s of training, "
+                    "config.train.time_budget_s=%g. Raise the budget to train on.",
+                    ckpts.latest_dir, spent, t.time_budget_s,
+                )  # fmt: skip
+                return state
         train_data = load_train_data(config, mesh)
-        run = _Run(config, workdir, mesh, static, ckpts, meta, is_main, started)
+        run = _Run(config, workdir, mesh, static, ckpts, meta, is_main, started, cpu_started)
         return _loop(run, state, train_data, evaluate_fn, stop)
     finally:
         ckpts.wait()
@@ -301,8 +313,25 @@ class _Run:
     ckpts: checkpoint.Checkpoints
     meta: dict
     is_main: bool
-    started: float  # time.monotonic() at the start (for the time budget)
+    # time.monotonic() / time.process_time() at the start, less the training time of the runs
+    # before a resume (the checkpoint's TRAIN_CLOCK): the time budget counts from here
+    started: float
+    cpu_started: float
 
+    def meta_now(self) -> dict:
+        return {**self.meta, TRAIN_CLOCK: self.clock()}
+
+    def clock(self) -> dict[str, float]:
+        """Training time so far, over every run of this workdir (saved in each checkpoint)."""
+        return {
+            "wall_s": round(time.monotonic() - self.started, 3),
+            "cpu_s": round(time.process_time() - self.cpu_started, 3),
+        }
+
+
+# Key of a checkpoint's meta holding the training time up to it (wall and CPU seconds of the
+# process(es), summed over resumes): time budgets and quality records count it, not one run's.
+TRAIN_CLOCK = "train_clock"
 
 # Calls dispatched ahead of the one known finished. JAX dispatches asynchronously, so without a
 # bound the host runs up to `log_every` steps ahead of the device: the progress bar and the time
@@ -320,7 +349,7 @@ def _loop(
     stop: StopRequest,
 ) -> State:
     config, workdir, mesh, static = run.config, run.workdir, run.mesh, run.static
-    ckpts, meta, is_main, started = run.ckpts, run.meta, run.is_main, run.started
+    ckpts, is_main, started = run.ckpts, run.is_main, run.started
     t = config.train
     method = methods.get(config)
     train_call = make_train_call(config, static, mesh)
@@ -409,9 +438,10 @@ def _loop(
                     elapsed = {"elapsed_s": time.monotonic() - started}
                     writer.write_scalars(step, {**results, **elapsed})
                 if best is not None and best in results:
-                    ckpts.save_best(state, meta, best, float(results[best]))
+                    ckpts.save_best(state, run.meta_now(), best, float(results[best]))
 
             if save:
+                meta = run.meta_now()
                 ckpts.save(state, meta)
                 last_good = step
                 if best is not None and best in scalars:  # e.g. "loss" or "heldout_loss"
@@ -443,6 +473,16 @@ def _loop(
 QUALITY_FILE = "quality.json"
 
 
+def training_clock(workdir: str, step: int) -> dict[str, float]:
+    """Training wall and CPU seconds up to `step`'s checkpoint, over every resume (empty for
+    checkpoints written before the clock was kept)."""
+    ckpts = checkpoint.Checkpoints(workdir, read_only=True)
+    try:
+        return dict(ckpts.read_meta(step).get(TRAIN_CLOCK) or {})
+    finally:
+        ckpts.close()
+
+
 def train_and_eval(
     config: ml_collections.ConfigDict, workdir: str, *, config_file: str | None = None
 ) -> dict:
@@ -469,8 +509,11 @@ def train_and_eval(
             stop.signum,
         )
     record = evaluate.run_eval(config, workdir, evaluator=evaluator)
+    clock = training_clock(workdir, int(state.step))
     record.update(
-        train_wall_s=round(train_wall, 2),
+        train_wall_s=round(clock.get("wall_s", train_wall), 2),
+        train_cpu_s=clock.get("cpu_s"),
+        this_run_train_wall_s=round(train_wall, 2),
         train_steps=int(state.step),
         images_seen=int(state.step) * int(config.train.batch_size),
         time_budget_s=float(config.train.time_budget_s),

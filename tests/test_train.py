@@ -248,3 +248,35 @@ def test_quality_run_stopped_by_a_signal_saves_and_skips_the_final_fid(monkeypat
     monkeypatch.setattr(evaluate, "run_eval", no_eval)
     with pytest.raises(train.TrainingStopped, match="saved at step 7; the final FID was not"):
         train.train_and_eval(tiny_config("unused"), "/nonexistent")
+
+
+def test_a_time_budget_spans_resumes(tiny_mnist_dir, tmp_path, caplog, monkeypatch):
+    """Each checkpoint keeps the training clock (wall and CPU seconds over every resume): a
+    resumed run counts its budget from there, and one whose budget is spent loads nothing."""
+    config = tiny_config(tiny_mnist_dir, train__num_steps=1000, train__time_budget_s=1e-3)
+    train.train_and_evaluate(config, str(tmp_path))  # stops at step 1 (the budget)
+    first = train.training_clock(str(tmp_path), 1)
+    assert first["wall_s"] > 0 and first["cpu_s"] > 0
+    from train_utils import snapshot
+
+    before = snapshot(tmp_path)
+    real = train.load_train_data
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("a run whose budget is spent must not load the training data")
+
+    monkeypatch.setattr(train, "load_train_data", no_data)
+    spent = tiny_config(
+        tiny_mnist_dir, train__num_steps=1000, train__time_budget_s=first["wall_s"] * 0.99
+    )
+    assert int(train.train_and_evaluate(spent, str(tmp_path)).step) == 1
+    assert "Nothing to train" in caplog.text and "time_budget_s" in caplog.text
+    assert snapshot(tmp_path) == before
+
+    monkeypatch.setattr(train, "load_train_data", real)
+    more = tiny_config(
+        tiny_mnist_dir, train__num_steps=2, train__time_budget_s=first["wall_s"] + 3600
+    )
+    assert int(train.train_and_evaluate(more, str(tmp_path)).step) == 2
+    second = train.training_clock(str(tmp_path), 2)
+    assert second["wall_s"] > first["wall_s"] and second["cpu_s"] > first["cpu_s"]

@@ -38,8 +38,8 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-import diffusion_jax
 from diffusion_jax.errors import CheckpointError, CheckpointSaveError
+from diffusion_jax.version import __version__
 
 LATEST_DIR = "checkpoints"
 BEST_DIR = "best"
@@ -61,7 +61,7 @@ def make_meta(config: ml_collections.ConfigDict, params: Any, **extra: Any) -> d
         "num_params": int(sum(math.prod(s) for s in shapes.values())),
         "param_shapes": shapes,
         "versions": {
-            "diffusion_jax": diffusion_jax.__version__,
+            "diffusion_jax": __version__,
             "jax": jax.__version__,
             "orbax": getattr(ocp, "__version__", "?"),
         },

@@ -815,8 +815,15 @@ def _check_method(config: ml_collections.ConfigDict) -> None:
         )
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, *, checkpoint: str | None = None) -> dict:
-    """`--mode=edit`: one `config.edit.kind` on the EMA weights; returns the written paths."""
+def run(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    checkpoint: str | None = None,
+    weights: tuple[nnx.State, int] | None = None,
+) -> dict:
+    """`--mode=edit`: one `config.edit.kind` on the EMA weights (of `checkpoint` in `workdir`,
+    or `weights` = (EMA parameters, step) already loaded); returns the written paths."""
     _check_method(config)
     state_lib.validate_config(config)
     config, notes = resolve_defaults(config)
@@ -830,7 +837,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, checkpoint: str | No
         if kind == "inpaint":
             load_mask(config, len(inp.x))  # fail on a bad mask before reading the weights
     mesh = parallel.make_mesh()
-    params, step = sampling.load_ema_params(config, workdir, mesh, checkpoint)
+    params, step = weights or sampling.load_ema_params(config, workdir, mesh, checkpoint)
     m = Model(config, state_lib.graphdef_of(config), params, state_lib.build_schedule(config), step)
     logging.info("Editing (%s) with the EMA parameters of step %d.", kind, step)
     if kind == "denoise":

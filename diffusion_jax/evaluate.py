@@ -38,6 +38,7 @@ from jax.sharding import Mesh
 from diffusion_jax import data, fid, images, methods, parallel, samplers, sampling, writers
 from diffusion_jax.errors import UserError
 from diffusion_jax.fid import weights as fid_weights
+from diffusion_jax.version import __version__
 
 GRID_IMAGES = 64  # --mode=eval writes eval/samples_<step>.png: the first 64 scored images
 EVAL_STREAM = 2  # `fold_in(PRNGKey(config.seed), EVAL_STREAM)` seeds --mode=eval samples
@@ -231,6 +232,7 @@ def run_description(
         "num_params": num_params,
         "model": {**_model_record(config, method), "num_params": num_params},
         "batch_size": int(config.train.batch_size),
+        "diffusion_jax_version": __version__,
         **dict.fromkeys(DDPM_ONLY_FIELDS),
     }
     if ddpm:

@@ -55,6 +55,12 @@ class Generator:
     batch_size: int
 
 
+def sample_key(config: ml_collections.ConfigDict) -> jax.Array:
+    """The key of `--mode=sample` (and the Python API's `sample`): split into the grid's
+    images and the denoising chains."""
+    return jax.random.fold_in(jax.random.PRNGKey(config.seed), SAMPLE_STREAM)
+
+
 def batch_size_for(num_samples: int, max_batch: int, mesh: Mesh) -> int:
     """The smallest device-filling batch (a multiple of the device count) up to `max_batch`."""
     n = parallel.num_devices(mesh)
@@ -74,18 +80,29 @@ def make_generator(
     *,
     batch_size: int,
     fast: bool = False,
+    labels: np.ndarray | None = None,
 ) -> Generator:
     """One compiled sampler of `config.method` (DDPM: `config.sample`'s; `fast`: the method's
-    cheaper preview sampler, DDIM for DDPM). `static` is the method's (DDPM: the graphdef)."""
+    cheaper preview sampler, DDIM for DDPM). `static` is the method's (DDPM: the graphdef).
+    Conditional models draw image i of class `i % num_classes`, or of `labels[i]` when given
+    (one label per image of the stream; the noise of image i is the same either way)."""
     parallel.check_divisible(batch_size, mesh, "the sampling batch size")
     method = methods.get(config)
     batch = parallel.batch_sharding(mesh)
     sample_fn = method.sampler(config, static, fast=fast, batch_sharding=batch)
     num_classes = method.num_classes(config)
+    chosen = None
+    if labels is not None and num_classes:
+        chosen = np.asarray(labels, np.int32).reshape(-1)
+        chosen = np.pad(chosen, (0, -len(chosen) % batch_size))  # whole batches
 
     def fn(params, rng, batch_index):
         labels = None
-        if num_classes:
+        if chosen is not None:
+            start = batch_index * batch_size
+            labels = jax.lax.dynamic_slice(jnp.asarray(chosen), (start,), (batch_size,))
+            labels = jax.lax.with_sharding_constraint(labels, batch)
+        elif num_classes:
             labels = class_labels(batch_index * batch_size, batch_size, num_classes)
             labels = jax.lax.with_sharding_constraint(labels, batch)
         keys = samplers.image_keys(rng, batch_size, start=batch_index * batch_size)
@@ -265,8 +282,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, checkpoint: str | No
     params, step = load_ema_params(config, workdir, mesh, checkpoint)
     logging.info("Sampling %d images from the EMA parameters of step %d.", n, step)
 
-    rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), SAMPLE_STREAM)
-    grid_key, chain_key = jax.random.split(rng)
+    grid_key, chain_key = jax.random.split(sample_key(config))
     batch = batch_size_for(n, config.sample.batch_size, mesh)
     generator = make_generator(config, static, mesh, batch_size=batch)
     is_main = parallel.is_main_process()

@@ -89,14 +89,22 @@ def _set(config: ml_collections.ConfigDict, values: Mapping[str, Any]) -> None:
             config[key] = value
 
 
+def config_from_meta(meta: Mapping[str, Any]) -> ml_collections.ConfigDict:
+    """The config saved in a checkpoint's (or model's) meta, on the schema of `base_config()`
+    (tuples stay tuples; settings the schema gained since keep their defaults)."""
+    if not isinstance(meta.get("config"), Mapping):
+        raise CheckpointError("the checkpoint's meta has no config: give the config file.")
+    config = base_config()
+    _set(config, meta["config"])
+    return config
+
+
 def config_of(folder_or_file: str | os.PathLike) -> ml_collections.ConfigDict:
     """The training config of a model folder (or of the `config.py` inside it)."""
     folder = Path(folder_or_file)
     if folder.is_file():
         folder = folder.parent
-    config = base_config()
-    _set(config, read_model(folder)["meta"]["config"])
-    return config
+    return config_from_meta(read_model(folder)["meta"])
 
 
 def sha256_of(path: str | os.PathLike) -> str:

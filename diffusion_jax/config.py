@@ -6,7 +6,27 @@ config and `--config.a.b=value` can override any of them. `state.validate_config
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import ml_collections
+
+# The recipes, shipped inside the package (`configs/` at the repository root links here), so
+# `--config=cifar10` works from any directory once the package is installed.
+CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def recipe_names() -> list[str]:
+    return sorted(p.stem for p in CONFIGS_DIR.glob("*.py") if not p.name.startswith("_"))
+
+
+def resolve_config_arg(value: str) -> str:
+    """`--config`'s value: a recipe name (`cifar10`, `mnist_fast`) becomes the packaged file;
+    paths (and config_flags' `file:argument`) are kept as they are."""
+    path, sep, argument = value.partition(":")
+    if Path(path).exists() or "/" in path or path.endswith(".py") or not path:
+        return value
+    recipe = CONFIGS_DIR / f"{path}.py"
+    return f"{recipe}{sep}{argument}" if recipe.is_file() else value
 
 
 def base_config() -> ml_collections.ConfigDict:

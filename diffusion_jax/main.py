@@ -1,4 +1,7 @@
-"""Entry point: `python -m diffusion_jax.main --config=configs/<name>.py --workdir=DIR`.
+"""Entry point: `python -m diffusion_jax.main --config=NAME|FILE --workdir=DIR` (`diffusion-jax`).
+
+    --config=cifar10       a recipe of the package (diffusion_jax/configs/; `configs/` in a
+                           checkout links there), or any config file's path
 
     --mode=train (default) | sample | eval | fid_stats | train_and_eval | eval_watch | edit
            | export (a checkpoint's EMA weights as a model folder: --export_to=FOLDER)
@@ -35,6 +38,7 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from diffusion_jax import config as config_lib
 from diffusion_jax import (
     data,
     editing,
@@ -318,6 +322,26 @@ def _pretrained_args(
     return workdir, pretrained.PREFIX + str(folder)
 
 
+def _with_recipe_names(argv: list[str]) -> list[str]:
+    """`--config=NAME` (a recipe of the package, e.g. cifar10) as the packaged file's path; a
+    name that is neither a file nor a recipe stops with the list of recipes."""
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg.startswith(("--config=", "-config=")):
+            flag, value = arg.split("=", 1)
+            resolved = config_lib.resolve_config_arg(value)
+            path = resolved.partition(":")[0]
+            if not os.path.exists(path) and "/" not in path and not path.endswith(".py"):
+                print(
+                    f"error: --config={value}: no such file or recipe. Recipes: "
+                    f"{', '.join(config_lib.recipe_names())} (or give a config file's path).",
+                    file=sys.stderr,
+                )
+                sys.exit(EXIT_USER_ERROR)
+            out[i] = f"{flag}={resolved}"
+    return out
+
+
 def _with_pretrained_config(argv: list[str]) -> list[str]:
     """`--pretrained=X` without `--config`: the model's own config file becomes `--config`."""
     name = None
@@ -383,7 +407,7 @@ def config_file_error(e: BaseException, config_file: str | None) -> str | None:
 
 def _parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing, with a bad flag or config file reported in one line (exit 2)."""
-    argv = _with_pretrained_config(argv)
+    argv = _with_pretrained_config(_with_recipe_names(argv))
     try:
         return FLAGS(argv)
     except Exception as e:  # noqa: BLE001 - flags.Error, or whatever the config file raised

@@ -188,7 +188,7 @@ class Checkpoints:
     def __init__(self, workdir: str, *, keep: int = 3, read_only: bool = False, state: Any = None):
         """`state` (a method's state or its abstract shapes): the items it saves and restores;
         None: `STATE_ITEMS` (enough to read the EMA parameters of any method)."""
-        self.workdir = os.fspath(workdir)
+        self.workdir = os.path.abspath(os.fspath(workdir))  # Orbax refuses relative paths
         self.latest_dir = os.path.join(self.workdir, LATEST_DIR)
         self.best_dir = os.path.join(self.workdir, BEST_DIR)
         self._read_only = read_only

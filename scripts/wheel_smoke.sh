@@ -2,7 +2,8 @@
 # The installed package, not the checkout: build the wheel, install it into a fresh virtualenv,
 # and from a folder outside the repository run what the README's quick start runs (a shipped
 # model's sample, data import, a short training run by recipe name, sampling it).
-# Usage: bash scripts/wheel_smoke.sh [WORK_DIR]   (CI runs it after the suite)
+# Usage: bash scripts/wheel_smoke.sh [WORK_DIR]   (CI runs it before the suite; REUSE_VENV=1
+# with the WORK_DIR of an earlier run reinstalls only the wheel)
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 work=${1:-$(mktemp -d)}
@@ -10,11 +11,16 @@ shared=${SHARED:-$repo/../shared}
 mkdir -p "$work"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 python3 -m pip install -q build
+rm -rf "$work/dist" "$work/run" "$work"/out_*
 python3 -m build --wheel --outdir "$work/dist" "$repo" >"$work/build.log" 2>&1 || {
   tail -20 "$work/build.log"; exit 1; }
-rm -rf "$work/venv"
-python3 -m venv "$work/venv"
-"$work/venv/bin/pip" install -q "$work"/dist/diffusion_jax-*.whl
+if [ "${REUSE_VENV:-0}" = 1 ] && [ -x "$work/venv/bin/python" ]; then  # a rerun: the wheel only
+  "$work/venv/bin/pip" install -q --no-deps --force-reinstall "$work"/dist/diffusion_jax-*.whl
+else
+  rm -rf "$work/venv"
+  python3 -m venv "$work/venv"
+  "$work/venv/bin/pip" install -q "$work"/dist/diffusion_jax-*.whl
+fi
 cd "$work"  # nothing of the repository is importable from here
 py="$work/venv/bin/python"
 want=$(grep -m1 '^version' "$repo/pyproject.toml" | cut -d'"' -f2)

@@ -280,3 +280,14 @@ def test_a_time_budget_spans_resumes(tiny_mnist_dir, tmp_path, caplog, monkeypat
     assert int(train.train_and_evaluate(more, str(tmp_path)).step) == 2
     second = train.training_clock(str(tmp_path), 2)
     assert second["wall_s"] > first["wall_s"] and second["cpu_s"] > first["cpu_s"]
+
+
+def test_a_relative_workdir_trains_saves_and_resumes(tiny_mnist_dir, tmp_path, monkeypatch):
+    """`--workdir=runs/x` as the README writes it: Orbax needs absolute paths (a relative one
+    failed the first save), so the checkpoints resolve it."""
+    monkeypatch.chdir(tmp_path)
+    config = tiny_config(tiny_mnist_dir, train__num_steps=4)
+    assert int(train.train_and_evaluate(config, "runs/rel").step) == 4
+    assert (tmp_path / "runs" / "rel" / "checkpoints" / "4").is_dir()
+    more = tiny_config(tiny_mnist_dir, train__num_steps=6, train__ckpt_every=2)
+    assert int(train.train_and_evaluate(more, "runs/rel").step) == 6

@@ -325,7 +325,7 @@ def _pretrained_args(
 def _with_recipe_names(argv: list[str]) -> list[str]:
     """`--config=NAME` (a recipe of the package, e.g. cifar10) as the packaged file's path; a
     name that is neither a file nor a recipe stops with the list of recipes."""
-    out = list(argv)
+    out = _joined(argv)
     for i, arg in enumerate(out):
         if arg.startswith(("--config=", "-config=")):
             flag, value = arg.split("=", 1)
@@ -342,14 +342,32 @@ def _with_recipe_names(argv: list[str]) -> list[str]:
     return out
 
 
+def _joined(argv: list[str], names: tuple[str, ...] = ("config", "pretrained")) -> list[str]:
+    """`--name value` written as `--name=value` for the flags read before absl parses."""
+    out, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.lstrip("-") in names and arg.startswith("-") and i + 1 < len(argv):
+            out.append(f"{arg}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(arg)
+            i += 1
+    return out
+
+
+def _flag_value(argv: list[str], name: str) -> str | None:
+    """The last `--name=value` (or `-name=value`) of `argv`, after `_joined`."""
+    value = None
+    for arg in _joined(argv):
+        if arg.startswith((f"--{name}=", f"-{name}=")):
+            value = arg.split("=", 1)[1]
+    return value
+
+
 def _with_pretrained_config(argv: list[str]) -> list[str]:
     """`--pretrained=X` without `--config`: the model's own config file becomes `--config`."""
-    name = None
-    for i, arg in enumerate(argv):
-        if arg.startswith(("--pretrained=", "-pretrained=")):
-            name = arg.split("=", 1)[1]
-        elif arg in ("--pretrained", "-pretrained") and i + 1 < len(argv):
-            name = argv[i + 1]
+    name = _flag_value(argv, "pretrained")
     if not name or _config_file(argv):
         return argv
     try:
@@ -362,12 +380,7 @@ def _with_pretrained_config(argv: list[str]) -> list[str]:
 
 def _config_file(argv: list[str]) -> str | None:
     """The value of --config in `argv` (without config_flags' optional `:argument`)."""
-    value = None
-    for i, arg in enumerate(argv):
-        if arg.startswith(("--config=", "-config=")):
-            value = arg.split("=", 1)[1]
-        elif arg in ("--config", "-config") and i + 1 < len(argv):
-            value = argv[i + 1]
+    value = _flag_value(argv, "config")
     if value and not os.path.exists(value) and ":" in value:
         value = value.split(":", 1)[0]
     return value

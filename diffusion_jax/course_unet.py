@@ -28,7 +28,8 @@ The U-Net, for 28x28 inputs only (7x7 is hard-wired into Flatten/Unflatten, as i
     out = conv 3x3 (D -> C)(h)
 
 Time conditioning (`num_timesteps > 0`): the integer timestep t in [0, T) is normalised to
-t / (T - 1) in [0, 1] and fed through FCBlock(1 -> 2D) (t1) and FCBlock(1 -> D) (t2). Class
+t / (T - 1) in [0, 1] and fed through FCBlock(1 -> 2D) (t1) and FCBlock(1 -> D) (t2), both in
+float32 under any compute dtype (bf16 would merge neighbouring timesteps). Class
 conditioning (`num_classes > 0`): a one-hot vector c through FCBlock(K -> 2D) (c1) and
 FCBlock(K -> D) (c2), multiplying the features. The null label `num_classes` (classifier-free
 guidance's unconditional branch, and `y=None`) is the all-zero vector, as in the course. Without
@@ -298,10 +299,18 @@ class CourseUNet(nnx.Module):
         self.conv_mid = ConvBlock(2 * d, d, **kw)
         self.conv_out = _conv(d, in_channels, 3, 1, 1, cdtype, rngs)
         fc = dict(dtype=cdtype, rngs=rngs)
-        self.fc1_t = FCBlock(1, 2 * d, **fc) if num_timesteps else None
-        self.fc2_t = FCBlock(1, d, **fc) if num_timesteps else None
+        # The time layers compute in float32 whatever the compute dtype: bf16 holds only 507
+        # distinct values of t / (T - 1) for T = 1000 (t = 998 and 999 were the same input).
+        self.fc1_t = FCBlock(1, 2 * d, dtype=jnp.float32, rngs=rngs) if num_timesteps else None
+        self.fc2_t = FCBlock(1, d, dtype=jnp.float32, rngs=rngs) if num_timesteps else None
         self.fc1_c = FCBlock(num_classes, 2 * d, **fc) if num_classes else None
         self.fc2_c = FCBlock(num_classes, d, **fc) if num_classes else None
+
+    def time_embeddings(self, t: jax.Array, batch: int) -> tuple[jax.Array, jax.Array]:
+        """FCBlock outputs (t1 [B, 2D], t2 [B, D]) of t / (T - 1), in float32."""
+        t = jnp.broadcast_to(jnp.asarray(t), (batch,)).astype(jnp.float32)
+        tn = (t / max(self.num_timesteps - 1, 1))[:, None]
+        return self.fc1_t(tn), self.fc2_t(tn)
 
     @property
     def null_label(self) -> int:
@@ -331,9 +340,7 @@ class CourseUNet(nnx.Module):
         batch = x.shape[0]
         c1 = c2 = t1 = t2 = None
         if self.num_timesteps:
-            t = jnp.broadcast_to(jnp.asarray(t), (batch,)).astype(jnp.float32)
-            tn = (t / max(self.num_timesteps - 1, 1))[:, None].astype(cdtype)
-            t1, t2 = self.fc1_t(tn)[:, None, None, :], self.fc2_t(tn)[:, None, None, :]
+            t1, t2 = (e.astype(cdtype)[:, None, None, :] for e in self.time_embeddings(t, batch))
         if self.num_classes:
             if y is None:
                 y = jnp.full((batch,), self.null_label, jnp.int32)

@@ -280,3 +280,20 @@ def test_guidance_through_denoise_fn_for():
     model = nnx.merge(graphdef, state.params)
     cond, null = model(x, t, labels), model(x, t, jnp.full((3,), 10))
     np.testing.assert_allclose(fn(x, t), null + 5.0 * (cond - null), rtol=1e-4, atol=1e-5)
+
+
+def test_time_layers_tell_every_timestep_apart_under_bfloat16():
+    """The time FCBlocks run in float32: under bf16 compute t / (T - 1) took only 507 distinct
+    values for T = 1000 (t = 998 and 999 were one input); now all 1000 embeddings differ, and at
+    the course's width (D = 64) they still do after the cast to bf16 where they join the
+    features."""
+    model = CourseUNet(
+        in_channels=1, hidden=64, num_timesteps=1000, dtype="bfloat16", rngs=nnx.Rngs(0)
+    )
+    t1, t2 = model.time_embeddings(jnp.arange(1000), 1000)
+    assert t1.dtype == t2.dtype == jnp.float32
+    for e in (t1, t2):
+        assert len(np.unique(np.asarray(e), axis=0)) == 1000
+        rows = np.asarray(e.astype(jnp.bfloat16).astype(jnp.float32))
+        assert len(np.unique(rows, axis=0)) == 1000
+    assert bool(jnp.isfinite(model(jnp.zeros((2, 28, 28, 1)), jnp.array([998, 999]))).all())

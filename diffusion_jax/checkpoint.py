@@ -30,6 +30,7 @@ import os
 import re
 import shutil
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -192,6 +193,7 @@ class Checkpoints:
         self.latest_dir = os.path.join(self.workdir, LATEST_DIR)
         self.best_dir = os.path.join(self.workdir, BEST_DIR)
         self._read_only = read_only
+        check_folders(self.workdir)
         if not read_only:
             _quiet_orbax_failures()
         items = item_names(state)
@@ -486,6 +488,37 @@ def _os_reason(error: BaseException) -> tuple[str, int | None]:
     return _first_reason(error), None
 
 
+def check_folders(workdir: str) -> None:
+    """Raise `CheckpointError` when `workdir/checkpoints` or `workdir/best` is a file (Orbax would
+    see no checkpoint there, and every save would fail)."""
+    for name in (LATEST_DIR, BEST_DIR):
+        directory = os.path.join(workdir, name)
+        if os.path.exists(directory) and not os.path.isdir(directory):
+            raise CheckpointError(
+                f"{directory} is a file, not a folder: move it away (nothing was read or written)."
+            )
+
+
+def check_best_is_ours(workdir: str, ckpt_every: int) -> None:
+    """Raise `CheckpointError` when a run in `workdir` would start from scratch (no completed
+    checkpoint in `checkpoints/`) while `best/` holds one it would replace: that best checkpoint
+    was written by another run (whose `checkpoints/` is gone) and is not this run's to delete.
+
+    A best checkpoint of a step <= `ckpt_every` is this run's own: a run stopped before its first
+    checkpoint completed leaves it, and the restart repeats those steps exactly.
+    """
+    check_folders(workdir)
+    best = _finalized(os.path.join(workdir, BEST_DIR))
+    if not best or max(best) <= ckpt_every or _finalized(os.path.join(workdir, LATEST_DIR)):
+        return
+    raise CheckpointError(
+        f"{os.path.join(workdir, BEST_DIR)} holds the best checkpoint of step {max(best)}, but "
+        f"{os.path.join(workdir, LATEST_DIR)} has no checkpoint to resume from: training would "
+        "start from step 0 and replace it. Nothing was changed. To train from scratch here, move "
+        f"{os.path.join(workdir, BEST_DIR)} away; or pick another --workdir."
+    )
+
+
 def _finalized(directory: str) -> list[int]:
     """Steps whose save completed: Orbax renames `N.orbax-checkpoint-tmp*` to `N` at the end."""
     try:
@@ -495,6 +528,17 @@ def _finalized(directory: str) -> list[int]:
     return sorted(
         int(n) for n in names if n.isdigit() and os.path.isdir(os.path.join(directory, n))
     )
+
+
+def stranded_threads() -> list[threading.Thread]:
+    """Orbax's background threads still running once every save was waited for: after a failed
+    save they wait for signals of its step that never come (up to Orbax's coordination timeout),
+    and as non-daemon threads they would keep the interpreter from exiting."""
+    return [
+        t
+        for t in threading.enumerate()
+        if t.is_alive() and not t.daemon and type(t).__module__.startswith("orbax.")
+    ]
 
 
 def _free_bytes(directory: str) -> int | None:

@@ -34,6 +34,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from diffusion_jax import (
+    checkpoint,
     data,
     editing,
     evaluate,
@@ -45,6 +46,7 @@ from diffusion_jax import (
     writers,
 )
 from diffusion_jax.errors import TrainingDivergedError, UserError
+from diffusion_jax.methods.base import REPORT_DIR
 
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
@@ -173,15 +175,37 @@ def _load_config() -> ml_collections.ConfigDict:
     return config
 
 
+# The folders a run keeps in its workdir (what reads or writes them): a regular file of one of
+# these names made Orbax see an empty workdir, or a mode fail after its work.
+WORKDIR_FOLDERS = (
+    checkpoint.LATEST_DIR,  # train modes write, the others read
+    checkpoint.BEST_DIR,  # ditto
+    train.SAMPLES_DIR,  # training's sample grids
+    evaluate.OUTPUT_DIR,  # eval, eval_watch, train_and_eval
+    sampling.OUTPUT_DIR,  # sample
+    editing.OUTPUT_DIR,  # edit
+    REPORT_DIR,  # sample, for the methods with a report (denoiser, DIP)
+)
+
+
 def check_workdir(workdir: str) -> None:
-    """Raise `UserError` when `workdir`, or a folder above it, is a file (before creating it)."""
+    """Raise `UserError` when `workdir`, a folder above it, or one of the `WORKDIR_FOLDERS` in it
+    is a file (before anything is read, created or computed)."""
     path = Path(os.path.abspath(workdir))
     for candidate in (path, *path.parents):
         if candidate.exists():
             if not candidate.is_dir():
                 where = "is" if candidate == path else f"lies under {candidate}, which is"
                 raise UserError(f"--workdir={workdir} {where} a file, not a folder.")
-            return
+            break
+    files = [n for n in WORKDIR_FOLDERS if (path / n).exists() and not (path / n).is_dir()]
+    if files:
+        names = ", ".join(str(path / name) for name in files)
+        raise UserError(
+            f"--workdir={workdir} holds a file where the run keeps a folder: {names}. Move "
+            f"{'it' if len(files) == 1 else 'them'} away or pick another --workdir; nothing was "
+            "read or written."
+        )
 
 
 def _reference_missing(config: ml_collections.ConfigDict) -> bool:
@@ -344,8 +368,21 @@ def _parse_flags(argv: list[str]) -> list[str]:
         sys.exit(EXIT_USER_ERROR)
 
 
+def _run_process(argv: list[str]) -> int:
+    """`run` as the CLI's whole process: after a failed checkpoint save, Orbax's background
+    threads wait (for its coordination timeout, many minutes) for signals of the failed step that
+    never come, and would keep the process from exiting. They hold nothing left to save (the
+    failure was reported), so the process exits with its code without waiting for them."""
+    code = run(argv)
+    if checkpoint.stranded_threads():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
 def main() -> None:
-    app.run(run, flags_parser=_parse_flags)
+    app.run(_run_process, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

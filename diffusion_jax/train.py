@@ -51,6 +51,7 @@ __all__ = ["TrainData", "prepare_batch", "select_batch", "train_step"]  # DDPM's
 # its metrics picks the checkpoint kept in workdir/best.
 EvaluateFn = Callable[[int, Any], Mapping[str, float] | None]
 State = Any  # a method's state (methods.base: step, rng, params, ema_params, opt_state, ...)
+SAMPLES_DIR = "samples"  # workdir/samples: the EMA sample grids of `sample_every`
 
 
 def load_train_data(config: ml_collections.ConfigDict, mesh: Mesh) -> TrainData:
@@ -224,7 +225,7 @@ def summarize_metrics(host: Mapping[str, np.ndarray]) -> dict[str, float]:
 def _save_samples(
     workdir: str, step: int, samples: np.ndarray, writer: writers.MetricWriter
 ) -> None:
-    path = os.path.join(workdir, "samples", f"step_{step:07d}.png")
+    path = os.path.join(workdir, SAMPLES_DIR, f"step_{step:07d}.png")
     grid = images.grid(samples)
     images.save_png(path, grid)
     writer.write_images(step, {"samples": grid[None]})
@@ -254,6 +255,7 @@ def train_and_evaluate(
     is_main = parallel.is_main_process()
     replicated = parallel.replicated(mesh)
 
+    checkpoint.check_best_is_ours(workdir, t.ckpt_every)
     static, abstract = methods.abstract_state(config, replicated)
     meta = checkpoint.make_meta(config, abstract.params)
     os.makedirs(workdir, exist_ok=True)

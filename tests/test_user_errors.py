@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -12,11 +14,19 @@ import jax
 import numpy as np
 import pytest
 from absl import flags
-from train_utils import REPO, no_traceback, run_main, tiny_config
+from train_utils import (
+    REPO,
+    flags_for,
+    no_traceback,
+    run_main,
+    snapshot,
+    subprocess_env,
+    tiny_config,
+)
 
-from diffusion_jax import data, main
+from diffusion_jax import checkpoint, data, main, train
 from diffusion_jax import state as state_lib
-from diffusion_jax.errors import DataNotFoundError, UserError
+from diffusion_jax.errors import CheckpointError, DataNotFoundError, UserError
 from diffusion_jax.fid import FidStatistics, save_statistics
 from diffusion_jax.fid import __main__ as fid_cli
 from diffusion_jax.fid import weights as W
@@ -369,3 +379,82 @@ def test_config_values_that_used_to_crash_are_user_errors(section, field, value,
     (config[section] if section else config)[field] = value
     with pytest.raises(UserError, match=match):
         state_lib.validate_config(config)
+
+
+# ----------------------------------------------------------------------------- (i) issue 25
+
+
+def test_a_file_where_the_workdir_keeps_a_folder_is_refused_before_any_work(
+    tmp_path, cli_flags, monkeypatch, caplog
+):
+    """A regular file named checkpoints (best, eval, sample, edit, ...) made training see an
+    empty workdir, replace best/ and rewrite metrics.jsonl, then hang on its first save."""
+
+    def no_build(config):
+        raise AssertionError("validate_config (the model build) ran before the workdir check")
+
+    monkeypatch.setattr(state_lib, "validate_config", no_build)
+    monkeypatch.setattr(main, "check_data", lambda config, mode: None)
+    for name in main.WORKDIR_FOLDERS:
+        workdir = tmp_path / name
+        (workdir / "best" if name != "best" else workdir / "checkpoints").mkdir(parents=True)
+        (workdir / name).write_text("x")
+        (workdir / "metrics.jsonl").write_text('{"step": 40}\n')
+        before = snapshot(workdir)
+        for mode in main.MODES:
+            cli_flags(TINY, f"--workdir={workdir}", f"--mode={mode}")
+            caplog.clear()
+            assert main.run(["main"]) == 2, (name, mode)
+            assert f"holds a file where the run keeps a folder: {workdir / name}." in caplog.text
+            assert snapshot(workdir) == before, (name, mode)
+
+
+def test_a_run_from_scratch_never_replaces_a_best_checkpoint_it_did_not_write(tmp_path):
+    """checkpoints/ gone, best/40 left: training would start at step 0 and replace best/40."""
+    workdir = tmp_path / "w"
+    (workdir / "best" / "40").mkdir(parents=True)
+    (workdir / "best" / "40" / "meta").write_text("x")
+    before = snapshot(workdir)
+    config = tiny_config(str(tmp_path / "no_data"))  # refused before the data is read
+    with pytest.raises(CheckpointError, match=r"best holds the best checkpoint of step 40, but"):
+        train.train_and_evaluate(config, str(workdir))
+    assert snapshot(workdir) == before and sorted(os.listdir(workdir)) == ["best"]
+    (workdir / "checkpoints" / "36").mkdir(parents=True)  # a run to resume: its best is its own
+    checkpoint.check_best_is_ours(str(workdir), ckpt_every=4)
+    shutil.rmtree(workdir / "checkpoints")
+    # Stopped before its first checkpoint completed: the restart repeats the same steps.
+    checkpoint.check_best_is_ours(str(workdir), ckpt_every=40)
+    (workdir / "checkpoints").write_text("x")
+    with pytest.raises(CheckpointError, match="checkpoints is a file, not a folder"):
+        checkpoint.Checkpoints(str(workdir), read_only=True)
+
+
+_REPLACE_CHECKPOINTS_MID_RUN = """
+import os, shutil, sys
+from diffusion_jax import main, train
+load = train.load_train_data
+def load_then_break_the_folder(config, mesh):
+    out = load(config, mesh)
+    folder = os.path.join(sys.argv[-1].split("=", 1)[1], "checkpoints")
+    shutil.rmtree(folder)
+    open(folder, "w").close()  # every save now fails: Not a directory
+    return out
+train.load_train_data = load_then_break_the_folder
+sys.argv = ["main", *sys.argv[1:]]
+main.main()
+"""
+
+
+def test_a_failed_save_exits_2_instead_of_hanging(tiny_mnist_dir, tmp_path):
+    """Orbax's save threads wait minutes for the signals of a save that failed: the CLI exits."""
+    workdir = tmp_path / "w"
+    start = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "-c", _REPLACE_CHECKPOINTS_MID_RUN, *flags_for(tiny_mnist_dir),
+         f"--workdir={workdir}"],
+        cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert time.perf_counter() - start < 120
+    assert no_traceback(result.stderr), result.stderr[-3000:]
+    assert f"Saving the checkpoint of step 4 in {workdir / 'checkpoints'} failed" in result.stderr

@@ -282,6 +282,7 @@ def _run_mode() -> int:
         MODES[FLAGS.mode](config, RunArgs(FLAGS.workdir, FLAGS.checkpoint, config_file))
     except train.TrainingStopped as e:
         logging.warning("%s", e)
+        parallel.wait_for_computations()
         # A stopped training run is a clean stop (as one stopped after saving); another mode
         # stopped by a signal did not do its job: the shell's code for that signal.
         return 0 if FLAGS.mode in TRAIN_MODES else 128 + e.signum

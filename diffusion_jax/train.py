@@ -21,7 +21,9 @@ import functools
 import logging
 import os
 import signal
+import sys
 import time
+import types
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -124,13 +126,63 @@ def make_train_call(
 # The loop
 
 
-class TrainingStopped(Exception):
+class TrainingStopped(BaseException):
     """SIGTERM / SIGINT arrived before the first train step (or, for the CLI, during a mode
-    that has nothing to save); `signum` is the signal."""
+    that has nothing to save); `signum` is the signal.
+
+    A `BaseException`, like `KeyboardInterrupt`: raised wherever the main thread was, it must not
+    be swallowed by an `except Exception` on its way out (logging's handlers catch every
+    `Exception` a write raises, and a stop raised inside one was printed and ignored).
+    """
 
     def __init__(self, message: str, signum: int):
         super().__init__(message)
         self.signum = signum
+
+
+# Libraries that run XLA or Orbax underneath: a signal that arrives while the main thread is in
+# their Python code (often called back from C++, with XLA threads running) must not raise there.
+_DEVICE_LIBRARIES = frozenset({"jax", "jaxlib", "flax", "optax", "orbax", "tensorstore"})
+
+
+def _in_device_library(frame: types.FrameType) -> bool:
+    return frame.f_globals.get("__name__", "").split(".")[0] in _DEVICE_LIBRARIES
+
+
+def raise_when_safe(frame: types.FrameType | None, error: BaseException) -> None:
+    """Raise `error` now if the interrupted `frame` is outside the device libraries, else as
+    soon as the outermost call into them returns (at the next line of its caller).
+
+    Raising from a signal handler inside JAX's or Orbax's Python code (a compile, a dispatch, a
+    restore) unwinds through their C++ while XLA's threads run, and the process could then
+    crash on exit (SIGSEGV, exit 139) instead of stopping. Deferring uses a trace function on
+    the caller's frame (the mechanism debuggers use); the previous trace function is restored
+    before `error` is raised.
+    """
+    outermost = None
+    f = frame
+    while f is not None:
+        if _in_device_library(f):
+            outermost = f
+        f = f.f_back
+    caller = outermost.f_back if outermost is not None else None
+    if outermost is None or caller is None:
+        raise error
+    previous = sys.gettrace()
+
+    def trace(f: types.FrameType, event: str, arg: object):
+        if event == "line":
+            sys.settrace(previous)
+            f.f_trace = None
+            raise error
+        if event == "return" and f.f_back is not None:  # returned without another line
+            f.f_back.f_trace = trace
+            f.f_back.f_trace_lines = True
+        return trace
+
+    caller.f_trace = trace
+    caller.f_trace_lines = True
+    sys.settrace(previous or (lambda *args: None))  # turns frame tracing on; new frames untraced
 
 
 class StopRequest:
@@ -138,8 +190,11 @@ class StopRequest:
     interrupts at once). Restores the previous handlers on exit.
 
     Entered before anything is loaded: until `training` is set (the loop is about to run its
-    first step) a signal raises `TrainingStopped` at once, interrupting data loading, restoring
-    or building the evaluators; the message is `SIGNAL received <when>; <note>. Stopped.`
+    first step) a signal raises `TrainingStopped`, interrupting data loading, restoring, building
+    the evaluators or a mode that has nothing to save; the message is `SIGNAL received <when>;
+    <note>. Stopped.` It is raised where it is safe (`raise_when_safe`): at once in this
+    package's code, and after the running JAX / Orbax call returns when the signal came inside
+    one (a compile or a computation is not cut off in the middle).
     """
 
     def __init__(
@@ -163,8 +218,14 @@ class StopRequest:
         name = signal.Signals(signum).name
         self.signum = signum
         if not self.training:
+            if self.reason is not None:  # already stopping (a second SIGINT interrupts)
+                if signum == signal.SIGINT:
+                    raise KeyboardInterrupt
+                return
             self.reason = name
-            raise TrainingStopped(f"{name} received {self.when}; {self.note}. Stopped.", signum)
+            error = TrainingStopped(f"{name} received {self.when}; {self.note}. Stopped.", signum)
+            raise_when_safe(frame, error)
+            return
         if self.reason is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.reason = name

@@ -3,8 +3,11 @@ anything slow runs or anything is created; bugs keep their traceback."""
 
 from __future__ import annotations
 
+import io
+import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -17,6 +20,7 @@ from absl import flags
 from train_utils import (
     REPO,
     flags_for,
+    main_command,
     no_traceback,
     run_main,
     snapshot,
@@ -458,3 +462,84 @@ def test_a_failed_save_exits_2_instead_of_hanging(tiny_mnist_dir, tmp_path):
     assert time.perf_counter() - start < 120
     assert no_traceback(result.stderr), result.stderr[-3000:]
     assert f"Saving the checkpoint of step 4 in {workdir / 'checkpoints'} failed" in result.stderr
+
+
+def test_a_signal_inside_a_jax_call_is_raised_once_the_call_returns():
+    """The handler used to raise inside JAX's tracing / dispatch (its Python under C++, XLA
+    threads running): sample and edit then died of SIGSEGV (exit 139) after "Stopped."."""
+    import jax.numpy as jnp
+
+    reached = []
+
+    def signalled_while_tracing(x):
+        os.kill(os.getpid(), signal.SIGTERM)  # the handler runs here, inside jax.jit's tracing
+        reached.append("traced")
+        return x + 1
+
+    handler = signal.getsignal(signal.SIGTERM)
+    trace = sys.gettrace()
+    stop = train.StopRequest(when="during the test", note="nothing saved")
+    with stop, pytest.raises(train.TrainingStopped, match="SIGTERM received during the") as e:
+        out = jax.jit(signalled_while_tracing)(jnp.zeros(3))
+        reached.append(np.asarray(out).tolist())  # the stop is raised before this line
+    assert reached == ["traced"] and e.value.signum == signal.SIGTERM == stop.signum
+    assert sys.gettrace() is trace and signal.getsignal(signal.SIGTERM) is handler
+
+
+def test_a_signal_while_logging_writes_is_not_swallowed_by_the_handler():
+    """logging's StreamHandler catches every Exception a write raises: a stop raised there was
+    printed as "--- Logging error ---" and the mode ran on to the end (exit 0)."""
+
+    class SignalOnWrite(io.StringIO):
+        def write(self, text: str) -> int:
+            os.kill(os.getpid(), signal.SIGTERM)
+            return super().write(text)
+
+    logger = logging.getLogger("test_signal_while_logging")
+    logger.addHandler(logging.StreamHandler(SignalOnWrite()))
+    try:
+        with train.StopRequest(), pytest.raises(train.TrainingStopped):
+            logger.warning("a line")
+    finally:
+        logger.handlers.clear()
+
+
+@pytest.mark.parametrize(
+    ("mode", "sig", "after", "delay"),
+    [
+        ("sample", signal.SIGTERM, "Sampling 512 images", 0.0),  # compiling the sampler
+        ("sample", signal.SIGINT, "Sampling 512 images", 3.0),  # computing
+        ("edit", signal.SIGTERM, "Editing (denoise)", 1.0),
+    ],
+)
+def test_sample_and_edit_stop_on_a_signal_with_128_plus_its_number(
+    tiny_mnist_dir, tmp_path_factory, mode, sig, after, delay
+):
+    workdir = tmp_path_factory.getbasetemp() / "signal_trained"
+    args = flags_for(tiny_mnist_dir, train__num_steps=4, sample__num_samples=512)
+    args += [
+        "--config.edit.kind=denoise",
+        "--config.edit.indices=0-1",
+        "--config.edit.psnr_images=8",
+    ]
+    if not (workdir / "checkpoints" / "4").is_dir():
+        assert run_main(*args, f"--workdir={workdir}").returncode == 0
+    process = subprocess.Popen(
+        main_command(*args, f"--workdir={workdir}", f"--mode={mode}"),
+        cwd=REPO, env=subprocess_env(), stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    seen = []
+    while not any(after in line for line in seen[-1:]):
+        seen.append(process.stderr.readline())
+        assert seen[-1] or process.poll() is None, "".join(seen)[-3000:]
+    time.sleep(delay)
+    process.send_signal(sig)
+    sent = time.perf_counter()
+    _, stderr = process.communicate(timeout=120)
+    stderr = "".join(seen) + stderr
+    assert process.returncode == 128 + sig, stderr[-3000:]
+    # It waits for the running computation: on a loaded 2-core CPU the edit's longest takes 13 s.
+    assert time.perf_counter() - sent < 20
+    assert f"{signal.Signals(sig).name} received" in stderr and "Fatal Python error" not in stderr
+    assert no_traceback(stderr), stderr[-3000:]
+    assert not (workdir / mode).exists()

@@ -7,10 +7,12 @@ figures and `<kind>.npz` (uint8 images) land in `workdir/edit/` at the end.
 
 Input images: dataset images by index (`edit.indices` of `edit.split`), or PNG/JPEG files
 (`edit.images`) of any size and mode, converted to the model's input thus: EXIF orientation
-applied, transparency composited over black, RGB or ITU-R 601 luma ("L", for 1-channel models),
-centre-cropped to a square (the shorter side), resized with Lanczos to image_size, and inverted
-when `edit.invert_input` says so ("auto": on grey models when the border is light, since MNIST
-digits are light on dark). Figures show the file as read beside the converted input.
+applied (the first frame of an animated file), 16-bit, 32-bit and float files scaled to 8 bits
+(`pixels.to_8bit`, never clipped), transparency composited over black, RGB or ITU-R 601 luma
+("L", for 1-channel models), centre-cropped to a square (the shorter side), resized with
+Lanczos to image_size, and inverted when `edit.invert_input` says so ("auto": on grey models
+when the border is light, since MNIST digits are light on dark). Figures show the file as read
+beside the converted input.
 
 Timesteps: the T-dependent settings (noise_levels, stride, inpaint_stride, i_start,
 translate_i_start) default to "auto" (0, or () for the tuples, or -1 for translate_i_start),
@@ -43,7 +45,7 @@ from flax import nnx
 from diffusion_jax import data, diffusion, edit, images, parallel, samplers, sampling, writers
 from diffusion_jax import state as state_lib
 from diffusion_jax.errors import UserError
-from diffusion_jax.pixels import quantize
+from diffusion_jax.pixels import quantize, to_8bit
 
 EDIT_STREAM = 5
 OUTPUT_DIR = "edit"
@@ -305,7 +307,7 @@ def _open_image(path: str):
         raise UserError(
             f"cannot read the image file {path}: {err}. Give a PNG or JPEG file."
         ) from None
-    rgba = img.convert("RGBA")
+    rgba = to_8bit(img, path).convert("RGBA")
     black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
     return Image.alpha_composite(black, rgba).convert("RGB")
 
@@ -390,7 +392,15 @@ def load_mask(config: ml_collections.ConfigDict, batch: int) -> tuple[np.ndarray
             raise _fail(
                 "mask", spec, f"a .npy mask must have shape ({size}, {size}), got {m.shape}"
             )
-    elif os.path.splitext(spec)[1].lower() in (".png", ".jpg", ".jpeg", ".bmp", ".gif"):
+    elif os.path.splitext(spec)[1].lower() in (
+        ".png",
+        ".jpg",
+        ".jpeg",
+        ".bmp",
+        ".gif",
+        ".tif",
+        ".tiff",
+    ):
         from PIL import Image
 
         img = _open_image(spec).convert("L").resize((size, size), Image.Resampling.NEAREST)

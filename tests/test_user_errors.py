@@ -28,7 +28,7 @@ from train_utils import (
     tiny_config,
 )
 
-from diffusion_jax import checkpoint, data, main, train
+from diffusion_jax import checkpoint, data, editing, main, train
 from diffusion_jax import state as state_lib
 from diffusion_jax.errors import CheckpointError, DataNotFoundError, UserError
 from diffusion_jax.fid import FidStatistics, save_statistics
@@ -543,3 +543,74 @@ def test_sample_and_edit_stop_on_a_signal_with_128_plus_its_number(
     assert f"{signal.Signals(sig).name} received" in stderr and "Fatal Python error" not in stderr
     assert no_traceback(stderr), stderr[-3000:]
     assert not (workdir / mode).exists()
+
+
+def _gradient_file(folder: Path, mode: str) -> tuple[Path, np.ndarray]:
+    """A 32x64 left-to-right gradient saved in PIL mode `mode` (or "animated": a 2-frame GIF
+    whose first frame is the gradient), and the 8-bit grey values it must read as."""
+    from PIL import Image
+
+    g = np.tile(np.round(np.linspace(0, 255, 64)).astype(np.uint8), (32, 1))
+    grey = [v for i in range(256) for v in (i, i, i)]
+    path, expected = folder / f"{mode.replace(';', '_')}.png", g
+    if mode == "1":
+        img, expected = Image.fromarray(g > 127), np.where(g > 127, 255, 0).astype(np.uint8)
+    elif mode in ("L", "RGB", "RGBA", "LA", "CMYK"):
+        img = Image.fromarray(g).convert(mode)
+        path = path.with_suffix(".tif") if mode == "CMYK" else path
+    elif mode in ("P", "animated"):
+        img = Image.fromarray(g, "P")
+        img.putpalette(grey)
+    elif mode == "I;16":
+        img = Image.fromarray(g.astype(np.uint16) * 257)
+    elif mode == "I":
+        img, path = Image.fromarray(g.astype(np.int32) * 257), path.with_suffix(".tif")
+    else:  # "F"
+        img, path = Image.fromarray(g.astype(np.float32) / 255), path.with_suffix(".tif")
+    if mode == "animated":
+        path = path.with_suffix(".gif")
+        second = Image.fromarray(255 - g, "P")
+        second.putpalette(grey)
+        img.save(path, save_all=True, append_images=[second], duration=100, loop=0)
+    else:
+        img.save(path)
+    with Image.open(path) as check:
+        assert check.mode == {"animated": "P"}.get(mode, mode), (mode, check.mode)
+    return path, expected
+
+
+PIL_MODES = ("1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "I;16", "I", "F", "animated")
+
+
+@pytest.mark.parametrize("mode", PIL_MODES)
+def test_every_pil_mode_reads_as_its_8_bit_values(tmp_path, mode):
+    """16-bit, 32-bit and float files were clipped to 0/255 by convert("RGB"/"L"): a 16-bit
+    gradient read as 99.5% white, in edit inputs, masks and the FID CLI's folder reader."""
+    path, expected = _gradient_file(tmp_path, mode)
+    tolerance = 2 if mode == "CMYK" else 0
+    edit_input = editing.convert_image(editing._open_image(str(path)), 32, 1, invert=False)
+    assert np.abs(edit_input[..., 0].astype(int) - expected[:, 16:48]).max() <= tolerance
+    fid_image = fid_cli._load_image(path)
+    assert fid_image.shape[:2] == (32, 64)
+    assert fid_cli._check_image_file(path) == fid_image.shape
+    assert np.abs(fid_image.astype(int) - expected[..., None]).max() <= tolerance
+
+
+def test_wide_masks_and_out_of_range_files(tmp_path):
+    from PIL import Image
+
+    config = tiny_config("unused")
+    half = np.zeros((28, 28)) + (np.arange(28) < 14)
+    for name, values in (("m16.png", half.astype(np.uint16) * 65535), ("mf.tif", half)):
+        Image.fromarray(values.astype(np.float32) if name.endswith("tif") else values).save(
+            tmp_path / name
+        )
+        config.edit.mask = str(tmp_path / name)
+        keep, _ = editing.load_mask(config, 1)
+        np.testing.assert_array_equal(keep[0, ..., 0], half)  # F 1.0 was 1/255: refused as grey
+    Image.fromarray(np.full((4, 4), 70000, np.int32)).save(tmp_path / "big.tif")
+    Image.fromarray(np.full((4, 4), 2.0, np.float32)).save(tmp_path / "two.tif")
+    with pytest.raises(UserError, match=r"big.tif is a 32-bit integer image with values in \[7"):
+        editing._open_image(str(tmp_path / "big.tif"))
+    with pytest.raises(UserError, match=r"two.tif is a floating-point image with values in \[2"):
+        fid_cli._load_image(tmp_path / "two.tif")

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from diffusion_jax.errors import UserError
+from diffusion_jax.pixels import WIDE_MODES, to_8bit
 
 DEFAULT_KEYS = ("x", "images", "arr_0", "x_train")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
@@ -83,7 +84,7 @@ def _check_image_file(p: Path) -> tuple[int, int, int]:
     try:
         with Image.open(p) as im:
             w, h = im.size
-            c = 1 if im.mode == "L" else 3
+            c = 1 if im.mode == "L" or im.mode in WIDE_MODES else 3  # wide: to_8bit's grey
             im.verify()
     except Exception as e:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, ...
         raise _unreadable_image(p, e) from e
@@ -100,8 +101,11 @@ def _load_image(p: Path) -> np.ndarray:
 
     try:
         with Image.open(p) as im:
+            im = to_8bit(im, str(p))
             im = im if im.mode in ("L", "RGB") else im.convert("RGB")
             a = np.asarray(im)
+    except UserError:
+        raise
     except Exception as e:  # noqa: BLE001 - a corrupt image body surfaces only when decoded
         raise _unreadable_image(p, e) from e
     return a[..., None] if a.ndim == 2 else a

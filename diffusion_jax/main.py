@@ -45,7 +45,7 @@ from diffusion_jax import (
     watch,
     writers,
 )
-from diffusion_jax.errors import TrainingDivergedError, UserError
+from diffusion_jax.errors import TrainingDivergedError, UserError, blocking_file
 from diffusion_jax.methods.base import REPORT_DIR
 
 EXIT_USER_ERROR = 2
@@ -192,12 +192,10 @@ def check_workdir(workdir: str) -> None:
     """Raise `UserError` when `workdir`, a folder above it, or one of the `WORKDIR_FOLDERS` in it
     is a file (before anything is read, created or computed)."""
     path = Path(os.path.abspath(workdir))
-    for candidate in (path, *path.parents):
-        if candidate.exists():
-            if not candidate.is_dir():
-                where = "is" if candidate == path else f"lies under {candidate}, which is"
-                raise UserError(f"--workdir={workdir} {where} a file, not a folder.")
-            break
+    blocker = blocking_file(path)
+    if blocker is not None:
+        where = "is" if blocker == path else f"lies under {blocker}, which is"
+        raise UserError(f"--workdir={workdir} {where} a file, not a folder.")
     files = [n for n in WORKDIR_FOLDERS if (path / n).exists() and not (path / n).is_dir()]
     if files:
         names = ", ".join(str(path / name) for name in files)

@@ -614,3 +614,72 @@ def test_wide_masks_and_out_of_range_files(tmp_path):
         editing._open_image(str(tmp_path / "big.tif"))
     with pytest.raises(UserError, match=r"two.tif is a floating-point image with values in \[2"):
         fid_cli._load_image(tmp_path / "two.tif")
+
+
+def _edit_error(**settings) -> str:
+    config = tiny_config("unused", model__num_classes=10)
+    for key, value in settings.items():
+        config.edit[key] = value
+    with pytest.raises(UserError) as error:
+        editing._validate(editing.resolve_defaults(config)[0])  # before weights or data
+    return str(error.value)
+
+
+def test_edit_settings_that_raised_after_the_weights_are_refused_first():
+    """Kernels larger than the image, and tuples the command line could not parse (kept as
+    their text), were tracebacks (exit 1) after the weights were read."""
+    assert "config.edit.blur_kernel=99: is too large for 28x28 images: at most 55" in _edit_error(
+        kind="denoise", blur_kernel=99
+    )
+    assert "hybrid_kernel=57: is too large" in _edit_error(kind="hybrid", hybrid_kernel=57)
+    for kind, name, text in (
+        ("sdedit", "strength", "(nan,)"),
+        ("sdedit", "strength", "nan"),
+        ("denoise", "noise_levels", "(abc,)"),
+        ("sdedit", "i_start", "(x,)"),
+    ):
+        message = _edit_error(kind=kind, **{name: (text,)})
+        assert f"config.edit.{name}=('{text}',): give " in message and "like (" in message
+
+
+def test_unparsable_tuple_override_on_the_command_line_is_exit_2(tmp_path, cli_flags, caplog):
+    cli_flags(TINY, f"--workdir={tmp_path}", "--mode=edit")
+    main._CONFIG.value.edit.kind = "sdedit"
+    main._CONFIG.value.edit.strength = ("(nan,)",)  # what --config.edit.strength=(nan,) gives
+    assert main.run(["main"]) == 2
+    assert "config.edit.strength=('(nan,)',): give finite numbers" in caplog.text
+
+
+def test_decompression_bomb_image_or_mask_is_one_message(tmp_path, monkeypatch):
+    from PIL import Image
+
+    _pngs(tmp_path / "big", 1)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 16)  # 8x8 = 64 > 2 * 16: a "bomb"
+    path = str(tmp_path / "big" / "0.png")
+    with pytest.raises(UserError, match="could be decompression bomb.* Give a smaller image"):
+        editing._open_image(path)
+    config = tiny_config("unused")
+    config.edit.mask = path
+    with pytest.raises(UserError, match="decompression bomb"):
+        editing.load_mask(config, 1)
+
+
+def test_save_stats_under_a_file_is_refused_before_the_network_runs(tmp_path, capsys, no_network):
+    good = tmp_path / "good.npz"
+    np.savez(good, x=np.zeros((4, 8, 8, 3), np.uint8))
+    (tmp_path / "file").write_text("x")
+    for flag, needle in (
+        (f"--save_stats_a={tmp_path / 'file' / 's.npz'}", f"lies under {tmp_path / 'file'}"),
+        (f"--save_stats_b={tmp_path}", "is a folder; give a file name"),
+    ):
+        assert fid_cli.main([str(good), str(good), flag, "--no_progress"]) == 2
+        err = capsys.readouterr().err
+        assert needle in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_metrics_that_cannot_be_written_are_a_user_error(tmp_path):
+    from diffusion_jax import writers
+
+    (tmp_path / writers.METRICS_FILE).mkdir()  # as a full disk: open() raises OSError
+    with pytest.raises(UserError, match="Cannot write the run's metrics in .*free disk space"):
+        writers.create_writer(str(tmp_path), is_main=True, tensorboard=True, resume_step=0)

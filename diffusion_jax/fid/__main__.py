@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from diffusion_jax.errors import UserError
+from diffusion_jax.errors import UserError, blocking_file
 from diffusion_jax.pixels import WIDE_MODES, to_8bit
 
 DEFAULT_KEYS = ("x", "images", "arr_0", "x_train")
@@ -201,6 +201,17 @@ def _statistics(found: _Input, extractor, args: argparse.Namespace):  # noqa: AN
     return stats
 
 
+def _check_output(flag: str, path: str | None) -> None:
+    """Refuses a --save_stats_* path that cannot be written, before the Inception network runs."""
+    if not path:
+        return
+    if Path(path).is_dir():
+        raise UserError(f"--{flag}={path} is a folder; give a file name (.npz).")
+    blocker = blocking_file(Path(path).parent)
+    if blocker is not None:
+        raise UserError(f"--{flag}={path} lies under {blocker}, which is a file, not a folder.")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m diffusion_jax.fid",
@@ -222,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
         from diffusion_jax.fid import FeatureExtractor, fid_from_statistics, save_statistics
 
         inputs = [_open_input(args.a), _open_input(args.b)]  # both checked before any work
+        for flag in ("save_stats_a", "save_stats_b"):
+            _check_output(flag, getattr(args, flag))
         extractor = FeatureExtractor(args.weights, args.protocol, args.batch_size)
         sa, sb = (_statistics(found, extractor, args) for found in inputs)
         for path, s in ((args.save_stats_a, sa), (args.save_stats_b, sb)):

@@ -163,11 +163,43 @@ def configure_compilation_cache(environ: Mapping[str, str] = os.environ) -> str 
     return directory
 
 
+def _not_a_config_dict(config_file: str, value: object) -> str:
+    what = "None" if value is None else f"a {type(value).__name__}"
+    return (
+        f"the config file {config_file}: get_config() returned {what}, not an ml_collections."
+        "ConfigDict; start it from diffusion_jax.config.base_config() and return that (see "
+        "configs/tiny.py)."
+    )
+
+
+def _not_a_config_dict_error(config_file: str) -> str | None:
+    """`_not_a_config_dict`'s message when the config file's get_config() runs and returns no
+    ConfigDict (a config override then fails on it while the flags are parsed); else None."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.spec_from_file_location("djax_config_check", config_file)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        returned = module.get_config()
+    except Exception:  # noqa: BLE001 - a file that does not run is config_file_error's case
+        return None
+    if isinstance(returned, ml_collections.ConfigDict):
+        return None
+    return _not_a_config_dict(config_file, returned)
+
+
 def _load_config() -> ml_collections.ConfigDict:
-    """The --config file's config; a file that is missing or fails to load is a UserError."""
+    """The --config file's config; a file that is missing or fails to load, or whose
+    get_config() returns something else than a ConfigDict, is a UserError."""
     config = _CONFIG.value
-    if config is None:
+    config_file = (
+        config_flags.get_config_filename(FLAGS["config"]) if FLAGS["config"].present else None
+    )
+    if config is None and not config_file:
         raise UserError("--config is required, e.g. --config=configs/cifar10.py.")
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise UserError(_not_a_config_dict(config_file, config))
     try:
         config.keys()  # config_flags defers load errors to the first access
     except OSError as e:
@@ -234,6 +266,9 @@ def check_data(config: ml_collections.ConfigDict, mode: str) -> None:
     except (AttributeError, KeyError):
         return
     info = data.DATASETS.get(dataset)
+    num_classes = config.get("model", {}).get("num_classes", 0)
+    if mode in TRAIN_MODES and info is not None and isinstance(num_classes, int):
+        data.check_num_classes(info, num_classes)  # else check_labels, after the data read
     fixes = data.shape_fixes(info, size, channels) if splits and info is not None else {}
     if fixes:  # all that does not fit, in one message, with the flags
         why = {"image_size": "no resizing is done", "channels": "no grayscale conversion is done"}
@@ -354,6 +389,10 @@ def _parse_flags(argv: list[str]) -> list[str]:
         about_file = config_file_error(e, _config_file(argv))
         if about_file:
             print(f"error: {about_file}", file=sys.stderr)
+        elif isinstance(e, (AttributeError, KeyError)) and (
+            not_a_config := _config_file(argv) and _not_a_config_dict_error(_config_file(argv))
+        ):  # the override failed on what get_config() returned
+            print(f"error: {not_a_config}", file=sys.stderr)
         elif isinstance(e, (AttributeError, KeyError)):  # an override of a field that isn't there
             detail = str(e.args[0] if e.args else e)
             with contextlib.suppress(ValueError, SyntaxError):  # ml_collections nests reprs

@@ -531,7 +531,13 @@ def train_and_eval(
             "was not computed (rerun the same command to resume, or use --mode=eval).",
             stop.signum,
         )
-    record = evaluate.run_eval(config, workdir, evaluator=evaluator)
+    latest = os.path.join(workdir, checkpoint.LATEST_DIR)
+    intact = (
+        f"the checkpoint of step {int(state.step)} in {latest} is intact; the final FID was not "
+        "computed (compute it with --mode=eval)"
+    )
+    with StopRequest(when="during the final FID", note=intact):
+        record = evaluate.run_eval(config, workdir, evaluator=evaluator)
     record.update(
         train_wall_s=round(train_wall, 2),
         train_steps=int(state.step),

@@ -171,6 +171,8 @@ def test_truncated_array_record_names_the_file(tiny_mnist_dir, tmp_path):
     message = str(info.value)
     assert str(record) in message and "corrupt or truncated" in message
     assert "import --dataset=mnist" in message and "--overwrite" in message
+    for command in ("import", "download"):  # pasted as printed, each replaces the data
+        assert f"data {command} --dataset=mnist --data_dir={copy} --overwrite" in message
     record.write_bytes(b"not a record file\n")  # garbage from the first byte
     with pytest.raises(UserError, match="corrupt or truncated"):
         data.load_split("mnist", data_dir=str(copy), progress=False)
@@ -683,3 +685,55 @@ def test_metrics_that_cannot_be_written_are_a_user_error(tmp_path):
     (tmp_path / writers.METRICS_FILE).mkdir()  # as a full disk: open() raises OSError
     with pytest.raises(UserError, match="Cannot write the run's metrics in .*free disk space"):
         writers.create_writer(str(tmp_path), is_main=True, tensorboard=True, resume_step=0)
+
+
+def test_num_classes_too_small_is_found_before_the_data_is_read(tmp_path):
+    config = tiny_config(str(tmp_path / "empty"), model__num_classes=5)
+    with pytest.raises(UserError, match=r"mnist labels go from 0 up to 9 but .*num_classes=5"):
+        main.check_data(config, "train")  # the data dir is empty: nothing was read
+    config.model.num_classes = 10
+    with pytest.raises(DataNotFoundError):
+        main.check_data(config, "train")
+
+
+@pytest.mark.parametrize(("body", "returned"), [("None", "None"), ("{'data': {}}", "a dict")])
+def test_get_config_returning_no_config_dict_says_so(tmp_path, cli_flags, body, returned):
+    path = tmp_path / "cfg.py"
+    path.write_text(f"def get_config():\n    return {body}\n")
+    cli_flags(f"--config={path}", f"--workdir={tmp_path / 'w'}")
+    with pytest.raises(UserError, match=f"get_config\\(\\) returned {returned}, not an ml_coll"):
+        main._load_config()  # was "--config is required" (None), "lacks the setting" (a dict)
+    if body == "None":
+        return
+    # With an override it failed while parsing the flags: "unknown config field dataset".
+    result = run_main(f"--config={path}", f"--workdir={tmp_path / 'w'}", "--config.data.dataset=x")
+    assert result.returncode == 2 and no_traceback(result.stderr), result.stderr[-3000:]
+    assert f"error: the config file {path}: get_config() returned a dict, not" in result.stderr
+    assert "unknown config field" not in result.stderr
+
+
+def test_a_signal_during_the_final_fid_says_the_checkpoint_is_intact(monkeypatch, tmp_path):
+    import jax.numpy as jnp
+
+    from diffusion_jax import evaluate
+
+    class FakeEvaluator:
+        def periodic(self):
+            return None
+
+    def trained(config, workdir, *, evaluate_fn=None, stop=None):
+        return state_lib.TrainState(step=jnp.int32(7), params={}, ema_params={}, opt_state=(),
+                                    rng=jax.random.PRNGKey(0))  # fmt: skip
+
+    def signalled_eval(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("the handler raises before this line")
+
+    monkeypatch.setattr(evaluate.Evaluator, "create", staticmethod(lambda c, **kw: FakeEvaluator()))
+    monkeypatch.setattr(train, "train_and_evaluate", trained)
+    monkeypatch.setattr(evaluate, "run_eval", signalled_eval)
+    with pytest.raises(train.TrainingStopped) as e:
+        train.train_and_eval(tiny_config("unused"), str(tmp_path))
+    message = str(e.value)
+    assert "during the final FID; the checkpoint of step 7 in" in message, message
+    assert "is intact" in message and "nothing was saved" not in message

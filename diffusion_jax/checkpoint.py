@@ -194,8 +194,7 @@ class Checkpoints:
         self.best_dir = os.path.join(self.workdir, BEST_DIR)
         self._read_only = read_only
         check_folders(self.workdir)
-        if not read_only:
-            _quiet_orbax_failures()
+        _quiet_orbax_failures()  # a failed save, or a failed read of a corrupt checkpoint
         items = item_names(state)
         self._latest = _manager(self.latest_dir, keep, read_only, items)
         self._best = _manager(self.best_dir, 1, read_only, items)
@@ -440,6 +439,9 @@ _TRAILER = re.compile(r"\s*\[(?:source locations|os_error_code|tensorstore_spec)
 _OS_CODE = re.compile(r"os_error_code='?(\d+)")
 _SEGMENT = re.compile(r": (?=[A-Z])")
 _QUOTED_PATH = re.compile(r'"(/[^"]+)"')
+# Orbax's wrapper of a failed array read ends in the repr of a bound method (not the spec):
+# "... See full TensorStore details: <bound method pybind11_detail_....spec of TensorStore({".
+_DETAILS = re.compile(r"\s*See full TensorStore details:.*", re.DOTALL)
 
 
 def _first_reason(error: BaseException) -> str:
@@ -455,7 +457,9 @@ def _first_reason(error: BaseException) -> str:
         if isinstance(e, OSError) and e.strerror:
             name = f": {e.filename}" if e.filename else ""
             return f"{e.strerror}{name}"
-    text = next((str(e).strip() for e in chain if str(e).strip()), "")
+    # Orbax's wrapper of a failed array read says nothing its cause does not: skip it.
+    texts = [str(e).strip() for e in chain if not _DETAILS.search(str(e))]
+    text = next((t for t in texts if t), "") or _DETAILS.sub("", str(error)).strip()
     if not text:
         return type(error).__name__
     line = _STATUS.sub("", _TRAILER.sub("", text.splitlines()[0])).strip()

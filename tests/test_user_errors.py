@@ -506,6 +506,19 @@ def test_a_signal_while_logging_writes_is_not_swallowed_by_the_handler():
         logger.handlers.clear()
 
 
+@pytest.fixture(scope="module")
+def trained_4_steps(tiny_mnist_dir, tmp_path_factory) -> tuple[Path, list[str]]:
+    """A tiny run trained 4 steps by the CLI, and the flags of its config (512 samples, a small
+    denoise edit)."""
+    workdir = tmp_path_factory.mktemp("trained_4_steps")
+    args = flags_for(tiny_mnist_dir, train__num_steps=4, sample__num_samples=512)
+    args += ["--config.edit.kind=denoise", "--config.edit.indices=0-1"]
+    args += ["--config.edit.psnr_images=8"]
+    result = run_main(*args, f"--workdir={workdir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir, args
+
+
 @pytest.mark.parametrize(
     ("mode", "sig", "after", "delay"),
     [
@@ -515,17 +528,9 @@ def test_a_signal_while_logging_writes_is_not_swallowed_by_the_handler():
     ],
 )
 def test_sample_and_edit_stop_on_a_signal_with_128_plus_its_number(
-    tiny_mnist_dir, tmp_path_factory, mode, sig, after, delay
+    trained_4_steps, mode, sig, after, delay
 ):
-    workdir = tmp_path_factory.getbasetemp() / "signal_trained"
-    args = flags_for(tiny_mnist_dir, train__num_steps=4, sample__num_samples=512)
-    args += [
-        "--config.edit.kind=denoise",
-        "--config.edit.indices=0-1",
-        "--config.edit.psnr_images=8",
-    ]
-    if not (workdir / "checkpoints" / "4").is_dir():
-        assert run_main(*args, f"--workdir={workdir}").returncode == 0
+    workdir, args = trained_4_steps
     process = subprocess.Popen(
         main_command(*args, f"--workdir={workdir}", f"--mode={mode}"),
         cwd=REPO, env=subprocess_env(), stderr=subprocess.PIPE, text=True,
@@ -737,3 +742,65 @@ def test_a_signal_during_the_final_fid_says_the_checkpoint_is_intact(monkeypatch
     message = str(e.value)
     assert "during the final FID; the checkpoint of step 7 in" in message, message
     assert "is intact" in message and "nothing was saved" not in message
+
+
+def test_watch_timeout_that_never_expires_is_refused(monkeypatch):
+    from diffusion_jax import watch
+
+    def no_build(config):
+        raise AssertionError("the model was built before --watch_timeout was checked")
+
+    monkeypatch.setattr(state_lib, "validate_config", no_build)
+    for timeout in (float("nan"), float("inf"), -1.0):
+        with pytest.raises(UserError, match=f"--watch_timeout={timeout}: give the seconds"):
+            watch.run_watch(tiny_config("unused"), "/nonexistent", timeout_s=timeout)
+    watch.check_timeout(0.0)
+
+
+def test_a_second_watcher_on_one_workdir_is_refused(tmp_path):
+    """Two watchers both evaluated every checkpoint and wrote every record twice."""
+    from diffusion_jax import watch
+
+    second = pytest.raises(UserError, match=f"process {os.getpid()}\\) is already following")
+    with watch.only_watcher(str(tmp_path)), second, watch.only_watcher(str(tmp_path)):
+        pass
+    with watch.only_watcher(str(tmp_path)):  # released with the first watcher
+        pass
+
+
+def test_corrupt_checkpoint_message_has_no_tensorstore_repr():
+    inner = ValueError(
+        'OUT_OF_RANGE: Error reading "up.4.kernel.value/0.0" in OCDBT database at local file '
+        '"/w/checkpoints/8/ema_params/": Requested byte range [0, 9) is not valid for value of '
+        "size 7 [source locations='tensorstore/kvstore/ocdbt/io.cc:1']"
+    )
+    try:
+        try:
+            raise inner
+        except ValueError as e:
+            raise Exception(  # what Orbax raises around it
+                "Encountered error while reading array index: (slice(0, 64, 1),). See full "
+                "TensorStore details: <bound method pybind11_detail_function_record_v1_system_"
+                "libstdcpp_gxx_abi_1xxx_use_cxx11_abi_1.spec of TensorStore({\n  'base': {"
+            ) from e
+    except Exception as outer:  # noqa: BLE001
+        reason = checkpoint._first_reason(outer)
+    assert reason.startswith("Requested byte range [0, 9) is not valid for value of size 7")
+    assert "bound method" not in reason and "TensorStore({" not in reason
+
+
+def test_a_corrupt_checkpoint_is_one_message_without_asyncio_noise(trained_4_steps, tmp_path):
+    """Read failures left TensorStore's callbacks to print "Event loop is closed" tracebacks
+    (thousands of lines in eval_watch); only failed saves were quieted."""
+    workdir, args = trained_4_steps
+    run = tmp_path / "run"
+    shutil.copytree(workdir / "checkpoints", run / "checkpoints")
+    for f in (run / "checkpoints" / "4" / "ema_params").rglob("*"):
+        if f.is_file() and f.parent.name == "d":
+            f.write_bytes(b"garbage" * 100)
+    result = run_main(*args, f"--workdir={run}", "--mode=sample")
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "cannot be read (" in result.stderr and no_traceback(result.stderr), result.stderr[
+        -3000:
+    ]
+    assert "Event loop is closed" not in result.stderr

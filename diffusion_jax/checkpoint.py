@@ -95,8 +95,41 @@ def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> 
     ]
 
 
+_CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(diffusion_jax.__file__)), "configs")
+
+
+def _example_configs(method: str, dataset: str | None) -> list[str]:
+    """The repository's configs named for `method` on `dataset` (`configs/gan_mnist.py`; DDPM's
+    are named for the dataset alone), those that exist in this checkout."""
+    names = [f"{dataset}.py"] if method == "ddpm" else [f"{method}_{dataset}.py", f"{method}.py"]
+    found = [n for n in names if dataset and os.path.isfile(os.path.join(_CONFIGS_DIR, n))]
+    return [f"configs/{n}" for n in found]
+
+
+def check_same_method(saved: Mapping[str, Any], expected: Mapping[str, Any], where: str) -> None:
+    """Raise `CheckpointError` when the checkpoint was trained by another `config.method` (a GAN
+    checkpoint read with a DDPM config): said first, instead of the shapes that then differ."""
+    have = saved.get("config") or {}
+    if not have:
+        return  # an old meta without its config: the shapes decide
+    trained, asked = have.get("method", "ddpm"), expected["config"].get("method", "ddpm")
+    if trained == asked:
+        return
+    dataset = (have.get("data") or {}).get("dataset")
+    examples = _example_configs(trained, dataset)
+    fits = f" (e.g. {' or '.join(examples)})" if examples else ""
+    raise CheckpointError(
+        f"The checkpoint in {where} was trained with config.method={trained!r}; the config is a "
+        f"{asked!r} config. Give a {trained!r} config{fits}, the one it was trained with (its "
+        "settings are saved in the checkpoint's meta), or another --workdir. The checkpoint was "
+        "left untouched."
+    )
+
+
 def check_compatible(saved: Mapping[str, Any], expected: Mapping[str, Any], where: str) -> None:
-    """Raise `CheckpointError` unless the saved parameter shapes are the config's."""
+    """Raise `CheckpointError` unless the checkpoint is of the config's method
+    (`check_same_method`) and the saved parameter shapes are the config's."""
+    check_same_method(saved, expected, where)
     have, want = saved.get("param_shapes"), expected["param_shapes"]
     if have == want:
         return

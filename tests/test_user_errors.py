@@ -804,3 +804,23 @@ def test_a_corrupt_checkpoint_is_one_message_without_asyncio_noise(trained_4_ste
         -3000:
     ]
     assert "Event loop is closed" not in result.stderr
+
+
+def test_a_checkpoint_of_another_method_is_named_as_such(trained_4_steps):
+    """A DDPM checkpoint read with a GAN config (or the reverse) was a shape mismatch listing
+    irrelevant config.model.* differences."""
+    from train_utils import load_config
+
+    from diffusion_jax import parallel, sampling
+
+    workdir, _ = trained_4_steps
+    gan = load_config("gan_mnist")
+    with pytest.raises(CheckpointError) as error:
+        sampling.load_ema_params(gan, str(workdir), parallel.make_mesh())
+    message = str(error.value)
+    assert "was trained with config.method='ddpm'; the config is a 'gan' config" in message
+    assert "configs/mnist.py" in message and "config.model." not in message, message
+    saved = {"config": {"method": "dcgan", "data": {"dataset": "cifar10"}}, "param_shapes": {}}
+    expected = checkpoint.make_meta(tiny_config("unused"), {})
+    with pytest.raises(CheckpointError, match=r"Give a 'dcgan' config \(e.g. configs/dcgan_cif"):
+        checkpoint.check_compatible(saved, expected, "w/checkpoints/4")

@@ -149,15 +149,16 @@ def _in_device_library(frame: types.FrameType) -> bool:
     return frame.f_globals.get("__name__", "").split(".")[0] in _DEVICE_LIBRARIES
 
 
-def raise_when_safe(frame: types.FrameType | None, error: BaseException) -> None:
+def raise_when_safe(frame: types.FrameType | None, error: BaseException) -> Callable[[], None]:
     """Raise `error` now if the interrupted `frame` is outside the device libraries, else as
-    soon as the outermost call into them returns (at the next line of its caller).
+    soon as the outermost call into them returns (at the next line of its caller); returns the
+    function that cancels a deferred raise.
 
     Raising from a signal handler inside JAX's or Orbax's Python code (a compile, a dispatch, a
     restore) unwinds through their C++ while XLA's threads run, and the process could then
     crash on exit (SIGSEGV, exit 139) instead of stopping. Deferring uses a trace function on
     the caller's frame (the mechanism debuggers use); the previous trace function is restored
-    before `error` is raised.
+    before `error` is raised or when the raise is cancelled.
     """
     outermost = None
     f = frame
@@ -169,20 +170,30 @@ def raise_when_safe(frame: types.FrameType | None, error: BaseException) -> None
     if outermost is None or caller is None:
         raise error
     previous = sys.gettrace()
+    armed: list[types.FrameType] = []
+
+    def arm(f: types.FrameType) -> None:
+        f.f_trace, f.f_trace_lines = trace, True
+        armed.append(f)
+
+    def cancel() -> None:
+        if armed:
+            sys.settrace(previous)
+            for f in armed:
+                f.f_trace = None
+            armed.clear()
 
     def trace(f: types.FrameType, event: str, arg: object):
-        if event == "line":
-            sys.settrace(previous)
-            f.f_trace = None
+        if event == "line" and armed:
+            cancel()
             raise error
-        if event == "return" and f.f_back is not None:  # returned without another line
-            f.f_back.f_trace = trace
-            f.f_back.f_trace_lines = True
+        if event == "return" and f.f_back is not None and armed:  # returned without a line
+            arm(f.f_back)
         return trace
 
-    caller.f_trace = trace
-    caller.f_trace_lines = True
+    arm(caller)
     sys.settrace(previous or (lambda *args: None))  # turns frame tracing on; new frames untraced
+    return cancel
 
 
 class StopRequest:
@@ -207,6 +218,7 @@ class StopRequest:
         self.training = False
         self.when, self.note = when, note
         self._previous: dict[int, object] = {}
+        self._cancel: Callable[[], None] | None = None  # of a deferred raise (raise_when_safe)
 
     def __enter__(self) -> StopRequest:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -224,7 +236,7 @@ class StopRequest:
                 return
             self.reason = name
             error = TrainingStopped(f"{name} received {self.when}; {self.note}. Stopped.", signum)
-            raise_when_safe(frame, error)
+            self._cancel = raise_when_safe(frame, error)
             return
         if self.reason is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
@@ -232,6 +244,8 @@ class StopRequest:
         logging.warning("%s received: finishing the current step, then saving.", self.reason)
 
     def __exit__(self, *exc) -> None:
+        if self._cancel is not None:  # a deferred stop the block finished before: drop it
+            self._cancel()
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 

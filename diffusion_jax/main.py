@@ -410,9 +410,10 @@ def _run_process(argv: list[str]) -> int:
     """`run` as the CLI's whole process: after a failed checkpoint save, Orbax's background
     threads wait (for its coordination timeout, many minutes) for signals of the failed step that
     never come, and would keep the process from exiting. They hold nothing left to save (the
-    failure was reported), so the process exits with its code without waiting for them."""
+    failure was reported), so a failed process exits with its code without waiting for them; a
+    successful one (every save waited for) exits as usual."""
     code = run(argv)
-    if checkpoint.stranded_threads():
+    if code != 0 and checkpoint.stranded_threads():
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)

@@ -390,25 +390,31 @@ def test_config_values_that_used_to_crash_are_user_errors(section, field, value,
 # ----------------------------------------------------------------------------- (i) issue 25
 
 
+@pytest.mark.parametrize("config_name", ["tiny", "gan_mnist", "vae_mnist", "denoiser_mnist", "dip"])
 def test_a_file_where_the_workdir_keeps_a_folder_is_refused_before_any_work(
-    tmp_path, cli_flags, monkeypatch, caplog
+    tmp_path, cli_flags, monkeypatch, caplog, config_name
 ):
     """A regular file named checkpoints (best, eval, sample, edit, ...) made training see an
-    empty workdir, replace best/ and rewrite metrics.jsonl, then hang on its first save."""
+    empty workdir, replace best/ and rewrite metrics.jsonl, then hang on its first save. Every
+    mode of every method, each folder replaced by a file: exit 2, nothing read or changed."""
+    from diffusion_jax import methods
 
     def no_build(config):
         raise AssertionError("validate_config (the model build) ran before the workdir check")
 
     monkeypatch.setattr(state_lib, "validate_config", no_build)
+    monkeypatch.setattr(methods, "validate_config", no_build)
     monkeypatch.setattr(main, "check_data", lambda config, mode: None)
-    for name in main.WORKDIR_FOLDERS:
+    names = main.WORKDIR_FOLDERS if config_name == "tiny" else ("checkpoints", "report")
+    for name in names:
         workdir = tmp_path / name
         (workdir / "best" if name != "best" else workdir / "checkpoints").mkdir(parents=True)
         (workdir / name).write_text("x")
         (workdir / "metrics.jsonl").write_text('{"step": 40}\n')
         before = snapshot(workdir)
         for mode in main.MODES:
-            cli_flags(TINY, f"--workdir={workdir}", f"--mode={mode}")
+            config = f"--config={REPO / 'configs' / f'{config_name}.py'}"
+            cli_flags(config, f"--workdir={workdir}", f"--mode={mode}")
             caplog.clear()
             assert main.run(["main"]) == 2, (name, mode)
             assert f"holds a file where the run keeps a folder: {workdir / name}." in caplog.text

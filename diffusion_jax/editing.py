@@ -52,6 +52,7 @@ OUTPUT_DIR = "edit"
 KINDS = ("denoise", "sdedit", "inpaint", "translate", "anagram", "hybrid")
 NEEDS_CLASSES = ("translate", "anagram", "hybrid")
 PSNR_BATCH = 250
+MASK_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")  # image masks
 REFERENCE_T = 1000  # the num_timesteps the demos of results/applications.md were made for
 # The T-dependent edit settings' demo values at T = REFERENCE_T. In config.py these settings
 # default to AUTO (0, (), or -1 for translate_i_start, where 0 is a valid start): "the demo
@@ -428,15 +429,7 @@ def load_mask(config: ml_collections.ConfigDict, batch: int) -> tuple[np.ndarray
             raise _fail(
                 "mask", spec, f"a .npy mask must have shape ({size}, {size}), got {m.shape}"
             )
-    elif os.path.splitext(spec)[1].lower() in (
-        ".png",
-        ".jpg",
-        ".jpeg",
-        ".bmp",
-        ".gif",
-        ".tif",
-        ".tiff",
-    ):
+    elif os.path.splitext(spec)[1].lower() in MASK_SUFFIXES:
         from PIL import Image
 
         img = _open_image(spec).convert("L").resize((size, size), Image.Resampling.NEAREST)

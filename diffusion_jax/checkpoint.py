@@ -30,6 +30,7 @@ import os
 import re
 import shutil
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -38,6 +39,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from diffusion_jax.config import CONFIGS_DIR
 from diffusion_jax.errors import CheckpointError, CheckpointSaveError
 from diffusion_jax.version import __version__
 
@@ -94,8 +96,38 @@ def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> 
     ]
 
 
+def _example_configs(method: str, dataset: str | None) -> list[str]:
+    """The packaged recipes named for `method` on `dataset` (`configs/gan_mnist.py`; DDPM's
+    are named for the dataset alone), those that exist."""
+    names = [f"{dataset}.py"] if method == "ddpm" else [f"{method}_{dataset}.py", f"{method}.py"]
+    found = [n for n in names if dataset and (CONFIGS_DIR / n).is_file()]
+    return [f"configs/{n}" for n in found]
+
+
+def check_same_method(saved: Mapping[str, Any], expected: Mapping[str, Any], where: str) -> None:
+    """Raise `CheckpointError` when the checkpoint was trained by another `config.method` (a GAN
+    checkpoint read with a DDPM config): said first, instead of the shapes that then differ."""
+    have = saved.get("config") or {}
+    if not have:
+        return  # an old meta without its config: the shapes decide
+    trained, asked = have.get("method", "ddpm"), expected["config"].get("method", "ddpm")
+    if trained == asked:
+        return
+    dataset = (have.get("data") or {}).get("dataset")
+    examples = _example_configs(trained, dataset)
+    fits = f" (e.g. {' or '.join(examples)})" if examples else ""
+    raise CheckpointError(
+        f"The checkpoint in {where} was trained with config.method={trained!r}; the config is a "
+        f"{asked!r} config. Give a {trained!r} config{fits}, the one it was trained with (its "
+        "settings are saved in the checkpoint's meta), or another --workdir. The checkpoint was "
+        "left untouched."
+    )
+
+
 def check_compatible(saved: Mapping[str, Any], expected: Mapping[str, Any], where: str) -> None:
-    """Raise `CheckpointError` unless the saved parameter shapes are the config's."""
+    """Raise `CheckpointError` unless the checkpoint is of the config's method
+    (`check_same_method`) and the saved parameter shapes are the config's."""
+    check_same_method(saved, expected, where)
     have, want = saved.get("param_shapes"), expected["param_shapes"]
     if have == want:
         return
@@ -192,8 +224,8 @@ class Checkpoints:
         self.latest_dir = os.path.join(self.workdir, LATEST_DIR)
         self.best_dir = os.path.join(self.workdir, BEST_DIR)
         self._read_only = read_only
-        if not read_only:
-            _quiet_orbax_failures()
+        check_folders(self.workdir)
+        _quiet_orbax_failures()  # a failed save, or a failed read of a corrupt checkpoint
         items = item_names(state)
         self._latest = _manager(self.latest_dir, keep, read_only, items)
         self._best = _manager(self.best_dir, 1, read_only, items)
@@ -438,6 +470,9 @@ _TRAILER = re.compile(r"\s*\[(?:source locations|os_error_code|tensorstore_spec)
 _OS_CODE = re.compile(r"os_error_code='?(\d+)")
 _SEGMENT = re.compile(r": (?=[A-Z])")
 _QUOTED_PATH = re.compile(r'"(/[^"]+)"')
+# Orbax's wrapper of a failed array read ends in the repr of a bound method (not the spec):
+# "... See full TensorStore details: <bound method pybind11_detail_....spec of TensorStore({".
+_DETAILS = re.compile(r"\s*See full TensorStore details:.*", re.DOTALL)
 
 
 def _first_reason(error: BaseException) -> str:
@@ -453,7 +488,9 @@ def _first_reason(error: BaseException) -> str:
         if isinstance(e, OSError) and e.strerror:
             name = f": {e.filename}" if e.filename else ""
             return f"{e.strerror}{name}"
-    text = next((str(e).strip() for e in chain if str(e).strip()), "")
+    # Orbax's wrapper of a failed array read says nothing its cause does not: skip it.
+    texts = [str(e).strip() for e in chain if not _DETAILS.search(str(e))]
+    text = next((t for t in texts if t), "") or _DETAILS.sub("", str(error)).strip()
     if not text:
         return type(error).__name__
     line = _STATUS.sub("", _TRAILER.sub("", text.splitlines()[0])).strip()
@@ -486,6 +523,37 @@ def _os_reason(error: BaseException) -> tuple[str, int | None]:
     return _first_reason(error), None
 
 
+def check_folders(workdir: str) -> None:
+    """Raise `CheckpointError` when `workdir/checkpoints` or `workdir/best` is a file (Orbax would
+    see no checkpoint there, and every save would fail)."""
+    for name in (LATEST_DIR, BEST_DIR):
+        directory = os.path.join(workdir, name)
+        if os.path.exists(directory) and not os.path.isdir(directory):
+            raise CheckpointError(
+                f"{directory} is a file, not a folder: move it away (nothing was read or written)."
+            )
+
+
+def check_best_is_ours(workdir: str, ckpt_every: int) -> None:
+    """Raise `CheckpointError` when a run in `workdir` would start from scratch (no completed
+    checkpoint in `checkpoints/`) while `best/` holds one it would replace: that best checkpoint
+    was written by another run (whose `checkpoints/` is gone) and is not this run's to delete.
+
+    A best checkpoint of a step <= `ckpt_every` is this run's own: a run stopped before its first
+    checkpoint completed leaves it, and the restart repeats those steps exactly.
+    """
+    check_folders(workdir)
+    best = _finalized(os.path.join(workdir, BEST_DIR))
+    if not best or max(best) <= ckpt_every or _finalized(os.path.join(workdir, LATEST_DIR)):
+        return
+    raise CheckpointError(
+        f"{os.path.join(workdir, BEST_DIR)} holds the best checkpoint of step {max(best)}, but "
+        f"{os.path.join(workdir, LATEST_DIR)} has no checkpoint to resume from: training would "
+        "start from step 0 and replace it. Nothing was changed. To train from scratch here, move "
+        f"{os.path.join(workdir, BEST_DIR)} away; or pick another --workdir."
+    )
+
+
 def _finalized(directory: str) -> list[int]:
     """Steps whose save completed: Orbax renames `N.orbax-checkpoint-tmp*` to `N` at the end."""
     try:
@@ -495,6 +563,17 @@ def _finalized(directory: str) -> list[int]:
     return sorted(
         int(n) for n in names if n.isdigit() and os.path.isdir(os.path.join(directory, n))
     )
+
+
+def stranded_threads() -> list[threading.Thread]:
+    """Orbax's background threads still running once every save was waited for: after a failed
+    save they wait for signals of its step that never come (up to Orbax's coordination timeout),
+    and as non-daemon threads they would keep the interpreter from exiting."""
+    return [
+        t
+        for t in threading.enumerate()
+        if t.is_alive() and not t.daemon and type(t).__module__.startswith("orbax.")
+    ]
 
 
 def _free_bytes(directory: str) -> int | None:

@@ -114,8 +114,9 @@ def default_data_dir(data_dir: str | os.PathLike | None = None) -> str:
     return os.path.expanduser(os.fspath(chosen))
 
 
-def prepare_commands(dataset: str, data_dir: str) -> str:
-    """The commands that prepare `dataset`, for error messages."""
+def prepare_commands(dataset: str, data_dir: str, *, overwrite: bool = False) -> str:
+    """The commands that prepare `dataset`, for error messages (with `--overwrite` when they
+    replace data that is there: pasted as printed, they then do what the message says)."""
     if dataset == "fashion_mnist":
         what = "the idx files of Debian's dataset-fashion-mnist package"
         source = "--idx_dir=/usr/share/datasets/fashion-mnist"
@@ -123,7 +124,7 @@ def prepare_commands(dataset: str, data_dir: str) -> str:
         what = "a Keras-layout .npz (x_train, y_train, x_test, y_test)"
         source = f"--npz=PATH/{dataset}.npz"
     cli = "python -m diffusion_jax.data"
-    args = f"--dataset={dataset} --data_dir={data_dir}"
+    args = f"--dataset={dataset} --data_dir={data_dir}" + (" --overwrite" if overwrite else "")
     return (
         f"Offline, import {what}:\n  {cli} import {args} {source}\n"
         f"Online (TFDS downloads it; needs TensorFlow):\n  {cli} download {args}"
@@ -254,8 +255,8 @@ def _prepared_builder(dataset: str, data_dir: str) -> Any:
     if "array_record" not in formats:
         raise DataNotFoundError(
             f"{dataset} in {builder.data_path} is stored as {' and '.join(formats)}, "
-            "which only TensorFlow can read. Re-prepare it as array_record (add --overwrite):\n"
-            + prepare_commands(dataset, data_dir)
+            "which only TensorFlow can read. Re-prepare it as array_record:\n"
+            + prepare_commands(dataset, data_dir, overwrite=True)
         )
     return builder
 
@@ -282,8 +283,8 @@ def check_prepared(dataset: str, split: str = "train", data_dir: str | None = No
     builder = _prepared_builder(dataset, data_dir)
     if split not in builder.info.splits:
         raise DataNotFoundError(
-            f"{dataset} in {builder.data_path} has no {split!r} split. Re-import it "
-            "(add --overwrite):\n" + prepare_commands(dataset, data_dir)
+            f"{dataset} in {builder.data_path} has no {split!r} split. Re-import it:\n"
+            + prepare_commands(dataset, data_dir, overwrite=True)
         )
 
 
@@ -295,7 +296,16 @@ def check_labels(split: Split, num_classes: int, dataset: str = "the dataset") -
     """
     if not num_classes or split.labels.size == 0:
         return
-    low, high = int(split.labels.min()), int(split.labels.max())
+    _check_label_range(int(split.labels.min()), int(split.labels.max()), num_classes, dataset)
+
+
+def check_num_classes(info: DatasetInfo, num_classes: int) -> None:
+    """`check_labels` before any data is read, from the dataset's known classes."""
+    if num_classes:
+        _check_label_range(0, info.num_classes - 1, num_classes, info.name)
+
+
+def _check_label_range(low: int, high: int, num_classes: int, dataset: str) -> None:
     if low < 0 or high >= num_classes:
         raise UserError(
             f"{dataset} labels go from {low} up to {high} but config.model.num_classes="
@@ -318,7 +328,7 @@ def _corrupt(builder: Any, dataset: str, split: str, data_dir: str, error: Excep
     return UserError(
         f"The {dataset}/{split} data is corrupt or truncated: {_split_files(builder, split)} "
         f"cannot be read ({reason}). Re-run the import with --overwrite:\n"
-        + prepare_commands(dataset, data_dir)
+        + prepare_commands(dataset, data_dir, overwrite=True)
     )
 
 

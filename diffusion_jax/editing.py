@@ -7,10 +7,12 @@ figures and `<kind>.npz` (uint8 images) land in `workdir/edit/` at the end.
 
 Input images: dataset images by index (`edit.indices` of `edit.split`), or PNG/JPEG files
 (`edit.images`) of any size and mode, converted to the model's input thus: EXIF orientation
-applied, transparency composited over black, RGB or ITU-R 601 luma ("L", for 1-channel models),
-centre-cropped to a square (the shorter side), resized with Lanczos to image_size, and inverted
-when `edit.invert_input` says so ("auto": on grey models when the border is light, since MNIST
-digits are light on dark). Figures show the file as read beside the converted input.
+applied (the first frame of an animated file), 16-bit, 32-bit and float files scaled to 8 bits
+(`pixels.to_8bit`, never clipped), transparency composited over black, RGB or ITU-R 601 luma
+("L", for 1-channel models), centre-cropped to a square (the shorter side), resized with
+Lanczos to image_size, and inverted when `edit.invert_input` says so ("auto": on grey models
+when the border is light, since MNIST digits are light on dark). Figures show the file as read
+beside the converted input.
 
 Timesteps: the T-dependent settings (noise_levels, stride, inpaint_stride, i_start,
 translate_i_start) default to "auto" (0, or () for the tuples, or -1 for translate_i_start),
@@ -43,13 +45,14 @@ from flax import nnx
 from diffusion_jax import data, diffusion, edit, images, parallel, samplers, sampling, writers
 from diffusion_jax import state as state_lib
 from diffusion_jax.errors import UserError
-from diffusion_jax.pixels import quantize
+from diffusion_jax.pixels import quantize, to_8bit
 
 EDIT_STREAM = 5
 OUTPUT_DIR = "edit"
 KINDS = ("denoise", "sdedit", "inpaint", "translate", "anagram", "hybrid")
 NEEDS_CLASSES = ("translate", "anagram", "hybrid")
 PSNR_BATCH = 250
+MASK_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")  # image masks
 REFERENCE_T = 1000  # the num_timesteps the demos of results/applications.md were made for
 # The T-dependent edit settings' demo values at T = REFERENCE_T. In config.py these settings
 # default to AUTO (0, (), or -1 for translate_i_start, where 0 is a valid start): "the demo
@@ -137,6 +140,38 @@ def _fail(setting: str, value, why: str) -> UserError:
     return UserError(f"config.edit.{setting}={value!r}: {why}")
 
 
+def _numbers(e, setting: str, kind: type) -> list:
+    """The tuple setting `setting` as a list of `kind` (int or float). A value the command line
+    could not parse (config_flags then keeps its text: `--config.edit.strength=(nan,)` is the
+    tuple `('(nan,)',)`), a non-integer for an int setting or a non-finite number is refused."""
+    values = e[setting]
+    items = values if isinstance(values, (tuple, list)) else (values,)
+    example = "(250, 500)" if kind is int else "(0.5, 1.0)"
+    why = f"give {'integers' if kind is int else 'finite numbers'} like {example}"
+    out = []
+    for v in items:
+        if isinstance(v, bool):
+            raise _fail(setting, values, why)
+        try:
+            number = float(v) if kind is float else int(str(v).strip())
+        except ValueError:
+            raise _fail(setting, values, why) from None
+        if not math.isfinite(number):
+            raise _fail(setting, values, why)
+        out.append(number)
+    return out
+
+
+def _check_kernel(e, setting: str, size: int) -> int:
+    """An odd kernel size whose blur fits `size` x `size` images (reflected borders)."""
+    k = e[setting]
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1 or k % 2 == 0:
+        raise _fail(setting, k, "must be a positive odd integer")
+    if k // 2 >= size:
+        raise _fail(setting, k, f"is too large for {size}x{size} images: at most {2 * size - 1}")
+    return k
+
+
 def _int_list(setting: str, text) -> list[int]:
     """ "0-7" / "3,5,9" / (1, 2) -> ints."""
     if isinstance(text, (tuple, list)):
@@ -193,17 +228,18 @@ def _starts(e, num_timesteps: int) -> list[tuple[int, str]]:
     grid = edit.strided_timesteps(num_timesteps, e.stride)
     n = len(grid)
     out = []
-    if len(e.strength):
-        for s in e.strength:
-            if not 0 < float(s) <= 1:
+    strengths = _numbers(e, "strength", float)
+    if strengths:
+        for s in strengths:
+            if not 0 < s <= 1:
                 raise _fail("strength", s, "strength must be in (0, 1] (diffusers' convention)")
-            i = edit.start_index_from_strength(float(s), n)
+            i = edit.start_index_from_strength(s, n)
             if i >= n:
                 raise _fail("strength", s, f"int({n} * strength) = 0 steps: nothing to denoise")
-            out.append((i, f"strength {float(s):g}\n(i={i}, t={int(grid[i])})"))
+            out.append((i, f"strength {s:g}\n(i={i}, t={int(grid[i])})"))
     else:
-        for i in e.i_start:
-            if not 0 <= int(i) < n:
+        for i in _numbers(e, "i_start", int):
+            if not 0 <= i < n:
                 raise _fail(
                     "i_start",
                     i,
@@ -250,11 +286,12 @@ def _validate(config: ml_collections.ConfigDict) -> dict:
         raise _fail("eta", e.eta, "must be in [0, 1]")
     parsed: dict = {}
     if e.kind == "denoise":
-        levels = [int(t) for t in e.noise_levels]
+        levels = _numbers(e, "noise_levels", int)
         if not levels or any(not 0 <= t < num_t for t in levels):
             raise _fail("noise_levels", tuple(e.noise_levels), f"timesteps must be in [0, {num_t})")
-        if e.blur_kernel < 1 or e.blur_kernel % 2 == 0 or not e.blur_sigma > 0:
-            raise _fail("blur_kernel", e.blur_kernel, "an odd kernel size and sigma > 0 please")
+        _check_kernel(e, "blur_kernel", int(config.data.image_size))
+        if not (isinstance(e.blur_sigma, (int, float)) and e.blur_sigma > 0):
+            raise _fail("blur_sigma", e.blur_sigma, "must be > 0")
         if e.psnr_images < 0:
             raise _fail("psnr_images", e.psnr_images, "must be >= 0")
         parsed["levels"] = levels
@@ -279,8 +316,8 @@ def _validate(config: ml_collections.ConfigDict) -> dict:
         parsed["pairs"] = _pairs(e, num_classes)
         if e.samples < 1:
             raise _fail("samples", e.samples, "must be >= 1")
-        if e.kind == "hybrid" and (e.hybrid_kernel < 1 or e.hybrid_kernel % 2 == 0):
-            raise _fail("hybrid_kernel", e.hybrid_kernel, "must be a positive odd integer")
+        if e.kind == "hybrid":
+            _check_kernel(e, "hybrid_kernel", int(config.data.image_size))
         if e.kind == "hybrid" and not e.hybrid_sigma > 0:
             raise _fail("hybrid_sigma", e.hybrid_sigma, "must be > 0")
         size = config.data.image_size
@@ -301,11 +338,13 @@ def _open_image(path: str):
         with Image.open(path) as img:
             img.load()
             img = ImageOps.exif_transpose(img)
+    except Image.DecompressionBombError as err:  # PIL refuses to decode this many pixels
+        raise UserError(f"cannot read the image file {path}: {err} Give a smaller image.") from None
     except (OSError, SyntaxError, ValueError) as err:  # PIL's errors for unreadable files
         raise UserError(
             f"cannot read the image file {path}: {err}. Give a PNG or JPEG file."
         ) from None
-    rgba = img.convert("RGBA")
+    rgba = to_8bit(img, path).convert("RGBA")
     black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
     return Image.alpha_composite(black, rgba).convert("RGB")
 
@@ -390,7 +429,7 @@ def load_mask(config: ml_collections.ConfigDict, batch: int) -> tuple[np.ndarray
             raise _fail(
                 "mask", spec, f"a .npy mask must have shape ({size}, {size}), got {m.shape}"
             )
-    elif os.path.splitext(spec)[1].lower() in (".png", ".jpg", ".jpeg", ".bmp", ".gif"):
+    elif os.path.splitext(spec)[1].lower() in MASK_SUFFIXES:
         from PIL import Image
 
         img = _open_image(spec).convert("L").resize((size, size), Image.Resampling.NEAREST)

@@ -38,8 +38,8 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from diffusion_jax import config as config_lib
 from diffusion_jax import (
+    checkpoint,
     data,
     editing,
     evaluate,
@@ -51,7 +51,9 @@ from diffusion_jax import (
     watch,
     writers,
 )
-from diffusion_jax.errors import TrainingDivergedError, UserError
+from diffusion_jax import config as config_lib
+from diffusion_jax.errors import TrainingDivergedError, UserError, blocking_file
+from diffusion_jax.methods.base import REPORT_DIR
 
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
@@ -183,11 +185,43 @@ def configure_compilation_cache(environ: Mapping[str, str] = os.environ) -> str 
     return directory
 
 
+def _not_a_config_dict(config_file: str, value: object) -> str:
+    what = "None" if value is None else f"a {type(value).__name__}"
+    return (
+        f"the config file {config_file}: get_config() returned {what}, not an ml_collections."
+        "ConfigDict; start it from diffusion_jax.config.base_config() and return that (see "
+        "configs/tiny.py)."
+    )
+
+
+def _not_a_config_dict_error(config_file: str) -> str | None:
+    """`_not_a_config_dict`'s message when the config file's get_config() runs and returns no
+    ConfigDict (a config override then fails on it while the flags are parsed); else None."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.spec_from_file_location("djax_config_check", config_file)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        returned = module.get_config()
+    except Exception:  # noqa: BLE001 - a file that does not run is config_file_error's case
+        return None
+    if isinstance(returned, ml_collections.ConfigDict):
+        return None
+    return _not_a_config_dict(config_file, returned)
+
+
 def _load_config() -> ml_collections.ConfigDict:
-    """The --config file's config; a file that is missing or fails to load is a UserError."""
+    """The --config file's config; a file that is missing or fails to load, or whose
+    get_config() returns something else than a ConfigDict, is a UserError."""
     config = _CONFIG.value
-    if config is None:
+    config_file = (
+        config_flags.get_config_filename(FLAGS["config"]) if FLAGS["config"].present else None
+    )
+    if config is None and not config_file:
         raise UserError("--config is required, e.g. --config=configs/cifar10.py.")
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise UserError(_not_a_config_dict(config_file, config))
     try:
         config.keys()  # config_flags defers load errors to the first access
     except OSError as e:
@@ -195,15 +229,35 @@ def _load_config() -> ml_collections.ConfigDict:
     return config
 
 
+# The folders a run keeps in its workdir (what reads or writes them): a regular file of one of
+# these names made Orbax see an empty workdir, or a mode fail after its work.
+WORKDIR_FOLDERS = (
+    checkpoint.LATEST_DIR,  # train modes write, the others read
+    checkpoint.BEST_DIR,  # ditto
+    train.SAMPLES_DIR,  # training's sample grids
+    evaluate.OUTPUT_DIR,  # eval, eval_watch, train_and_eval
+    sampling.OUTPUT_DIR,  # sample
+    editing.OUTPUT_DIR,  # edit
+    REPORT_DIR,  # sample, for the methods with a report (denoiser, DIP)
+)
+
+
 def check_workdir(workdir: str) -> None:
-    """Raise `UserError` when `workdir`, or a folder above it, is a file (before creating it)."""
+    """Raise `UserError` when `workdir`, a folder above it, or one of the `WORKDIR_FOLDERS` in it
+    is a file (before anything is read, created or computed)."""
     path = Path(os.path.abspath(workdir))
-    for candidate in (path, *path.parents):
-        if candidate.exists():
-            if not candidate.is_dir():
-                where = "is" if candidate == path else f"lies under {candidate}, which is"
-                raise UserError(f"--workdir={workdir} {where} a file, not a folder.")
-            return
+    blocker = blocking_file(path)
+    if blocker is not None:
+        where = "is" if blocker == path else f"lies under {blocker}, which is"
+        raise UserError(f"--workdir={workdir} {where} a file, not a folder.")
+    files = [n for n in WORKDIR_FOLDERS if (path / n).exists() and not (path / n).is_dir()]
+    if files:
+        names = ", ".join(str(path / name) for name in files)
+        raise UserError(
+            f"--workdir={workdir} holds a file where the run keeps a folder: {names}. Move "
+            f"{'it' if len(files) == 1 else 'them'} away or pick another --workdir; nothing was "
+            "read or written."
+        )
 
 
 def _reference_missing(config: ml_collections.ConfigDict) -> bool:
@@ -234,6 +288,9 @@ def check_data(config: ml_collections.ConfigDict, mode: str) -> None:
     except (AttributeError, KeyError):
         return
     info = data.DATASETS.get(dataset)
+    num_classes = config.get("model", {}).get("num_classes", 0)
+    if mode in TRAIN_MODES and info is not None and isinstance(num_classes, int):
+        data.check_num_classes(info, num_classes)  # else check_labels, after the data read
     fixes = data.shape_fixes(info, size, channels) if splits and info is not None else {}
     if fixes:  # all that does not fit, in one message, with the flags
         why = {"image_size": "no resizing is done", "channels": "no grayscale conversion is done"}
@@ -283,6 +340,7 @@ def _run_mode() -> int:
         MODES[FLAGS.mode](config, RunArgs(workdir, which, config_file))
     except train.TrainingStopped as e:
         logging.warning("%s", e)
+        parallel.wait_for_computations()
         # A stopped training run is a clean stop (as one stopped after saving); another mode
         # stopped by a signal did not do its job: the shell's code for that signal.
         return 0 if FLAGS.mode in TRAIN_MODES else 128 + e.signum
@@ -427,6 +485,10 @@ def _parse_flags(argv: list[str]) -> list[str]:
         about_file = config_file_error(e, _config_file(argv))
         if about_file:
             print(f"error: {about_file}", file=sys.stderr)
+        elif isinstance(e, (AttributeError, KeyError)) and (
+            not_a_config := _config_file(argv) and _not_a_config_dict_error(_config_file(argv))
+        ):  # the override failed on what get_config() returned
+            print(f"error: {not_a_config}", file=sys.stderr)
         elif isinstance(e, (AttributeError, KeyError)):  # an override of a field that isn't there
             detail = str(e.args[0] if e.args else e)
             with contextlib.suppress(ValueError, SyntaxError):  # ml_collections nests reprs
@@ -440,8 +502,22 @@ def _parse_flags(argv: list[str]) -> list[str]:
         sys.exit(EXIT_USER_ERROR)
 
 
+def _run_process(argv: list[str]) -> int:
+    """`run` as the CLI's whole process: after a failed checkpoint save, Orbax's background
+    threads wait (for its coordination timeout, many minutes) for signals of the failed step that
+    never come, and would keep the process from exiting. They hold nothing left to save (the
+    failure was reported), so a failed process exits with its code without waiting for them; a
+    successful one (every save waited for) exits as usual."""
+    code = run(argv)
+    if code != 0 and checkpoint.stranded_threads():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
 def main() -> None:
-    app.run(run, flags_parser=_parse_flags)
+    app.run(_run_process, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ keeps its own shards, replicated on its devices).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import faulthandler
 import logging
@@ -202,6 +203,14 @@ def sync(name: str) -> None:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(name)
+
+
+def wait_for_computations() -> None:
+    """Block until every computation dispatched so far has finished: a process stopping early
+    (a signal) must not shut the interpreter down while XLA's threads still run."""
+    for x in jax.live_arrays():
+        with contextlib.suppress(Exception):  # deleted or failed: nothing left to wait for
+            x.block_until_ready()
 
 
 def local_rows(x: jax.Array) -> np.ndarray:

@@ -3,10 +3,13 @@
 Every picture, every FID image and every saved array of pixels goes through `quantize`, so a
 PNG, the FID statistics and a figure hold the same bytes for the same float image. This module
 sits below every user (the FID package, the methods, the figures, the workflows) in the layers
-of pyproject.toml and imports nothing of the project but `errors`.
+of pyproject.toml and imports nothing of the project but `errors`. `to_8bit` is the one rule
+for image files wider than 8 bits (16-bit PNGs, 32-bit and float TIFFs).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 
@@ -38,3 +41,37 @@ def quantize_unit(x: np.ndarray) -> np.ndarray:
     bytes equal `floor(255 x + 0.5)` evaluated in float64.
     """
     return quantize(2.0 * np.asarray(x, np.float64) - 1.0)
+
+
+# PIL modes of more than 8 bits per pixel: `Image.convert` to an 8-bit mode clips them to 0..255
+# (a 16-bit gradient came out 99.5% white), so `to_8bit` scales them first.
+WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+_MAX_16BIT = 65535
+
+
+def to_8bit(img: Any, name: str) -> Any:
+    """A PIL image of a `WIDE_MODES` mode as an 8-bit grey ("L") image, scaled, not clipped:
+    16-bit and 32-bit integer values in 0..65535 map to round(v * 255 / 65535), float values in
+    [0, 1] by `quantize_unit`. Any other mode (1, L, LA, P, RGB, RGBA, CMYK, ...) is returned
+    as it is (PIL converts those correctly). No range is guessed: 32-bit integers outside
+    0..65535 or floats outside [0, 1] raise `UserError` naming `name` (the file)."""
+    if img.mode not in WIDE_MODES:
+        return img
+    from PIL import Image
+
+    v = np.asarray(img)
+    lo, hi = (float(v.min()), float(v.max())) if v.size else (0.0, 0.0)
+    if img.mode == "F":
+        if not (np.isfinite(v).all() and lo >= 0.0 and hi <= 1.0):
+            raise UserError(
+                f"{name} is a floating-point image with values in [{lo:g}, {hi:g}]; only [0, 1] "
+                "is understood: save it as an 8- or 16-bit PNG."
+            )
+        return Image.fromarray(quantize_unit(v))
+    if lo < 0 or hi > _MAX_16BIT:
+        raise UserError(
+            f"{name} is a 32-bit integer image with values in [{lo:g}, {hi:g}]; only 0..65535 "
+            "(16 bits) is understood: save it as an 8- or 16-bit PNG."
+        )
+    scaled = np.floor(v.astype(np.float64) * (255 / _MAX_16BIT) + 0.5)
+    return Image.fromarray(scaled.astype(np.uint8))

@@ -21,7 +21,9 @@ import functools
 import logging
 import os
 import signal
+import sys
 import time
+import types
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -51,6 +53,7 @@ __all__ = ["TrainData", "prepare_batch", "select_batch", "train_step"]  # DDPM's
 # its metrics picks the checkpoint kept in workdir/best.
 EvaluateFn = Callable[[int, Any], Mapping[str, float] | None]
 State = Any  # a method's state (methods.base: step, rng, params, ema_params, opt_state, ...)
+SAMPLES_DIR = "samples"  # workdir/samples: the EMA sample grids of `sample_every`
 
 
 def load_train_data(config: ml_collections.ConfigDict, mesh: Mesh) -> TrainData:
@@ -123,13 +126,74 @@ def make_train_call(
 # The loop
 
 
-class TrainingStopped(Exception):
+class TrainingStopped(BaseException):
     """SIGTERM / SIGINT arrived before the first train step (or, for the CLI, during a mode
-    that has nothing to save); `signum` is the signal."""
+    that has nothing to save); `signum` is the signal.
+
+    A `BaseException`, like `KeyboardInterrupt`: raised wherever the main thread was, it must not
+    be swallowed by an `except Exception` on its way out (logging's handlers catch every
+    `Exception` a write raises, and a stop raised inside one was printed and ignored).
+    """
 
     def __init__(self, message: str, signum: int):
         super().__init__(message)
         self.signum = signum
+
+
+# Libraries that run XLA or Orbax underneath: a signal that arrives while the main thread is in
+# their Python code (often called back from C++, with XLA threads running) must not raise there.
+_DEVICE_LIBRARIES = frozenset({"jax", "jaxlib", "flax", "optax", "orbax", "tensorstore"})
+
+
+def _in_device_library(frame: types.FrameType) -> bool:
+    return frame.f_globals.get("__name__", "").split(".")[0] in _DEVICE_LIBRARIES
+
+
+def raise_when_safe(frame: types.FrameType | None, error: BaseException) -> Callable[[], None]:
+    """Raise `error` now if the interrupted `frame` is outside the device libraries, else as
+    soon as the outermost call into them returns (at the next line of its caller); returns the
+    function that cancels a deferred raise.
+
+    Raising from a signal handler inside JAX's or Orbax's Python code (a compile, a dispatch, a
+    restore) unwinds through their C++ while XLA's threads run, and the process could then
+    crash on exit (SIGSEGV, exit 139) instead of stopping. Deferring uses a trace function on
+    the caller's frame (the mechanism debuggers use); the previous trace function is restored
+    before `error` is raised or when the raise is cancelled.
+    """
+    outermost = None
+    f = frame
+    while f is not None:
+        if _in_device_library(f):
+            outermost = f
+        f = f.f_back
+    caller = outermost.f_back if outermost is not None else None
+    if outermost is None or caller is None:
+        raise error
+    previous = sys.gettrace()
+    armed: list[types.FrameType] = []
+
+    def arm(f: types.FrameType) -> None:
+        f.f_trace, f.f_trace_lines = trace, True
+        armed.append(f)
+
+    def cancel() -> None:
+        if armed:
+            sys.settrace(previous)
+            for f in armed:
+                f.f_trace = None
+            armed.clear()
+
+    def trace(f: types.FrameType, event: str, arg: object):
+        if event == "line" and armed:
+            cancel()
+            raise error
+        if event == "return" and f.f_back is not None and armed:  # returned without a line
+            arm(f.f_back)
+        return trace
+
+    arm(caller)
+    sys.settrace(previous or (lambda *args: None))  # turns frame tracing on; new frames untraced
+    return cancel
 
 
 class StopRequest:
@@ -137,8 +201,11 @@ class StopRequest:
     interrupts at once). Restores the previous handlers on exit.
 
     Entered before anything is loaded: until `training` is set (the loop is about to run its
-    first step) a signal raises `TrainingStopped` at once, interrupting data loading, restoring
-    or building the evaluators; the message is `SIGNAL received <when>; <note>. Stopped.`
+    first step) a signal raises `TrainingStopped`, interrupting data loading, restoring, building
+    the evaluators or a mode that has nothing to save; the message is `SIGNAL received <when>;
+    <note>. Stopped.` It is raised where it is safe (`raise_when_safe`): at once in this
+    package's code, and after the running JAX / Orbax call returns when the signal came inside
+    one (a compile or a computation is not cut off in the middle).
     """
 
     def __init__(
@@ -151,6 +218,7 @@ class StopRequest:
         self.training = False
         self.when, self.note = when, note
         self._previous: dict[int, object] = {}
+        self._cancel: Callable[[], None] | None = None  # of a deferred raise (raise_when_safe)
 
     def __enter__(self) -> StopRequest:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -162,14 +230,22 @@ class StopRequest:
         name = signal.Signals(signum).name
         self.signum = signum
         if not self.training:
+            if self.reason is not None:  # already stopping (a second SIGINT interrupts)
+                if signum == signal.SIGINT:
+                    raise KeyboardInterrupt
+                return
             self.reason = name
-            raise TrainingStopped(f"{name} received {self.when}; {self.note}. Stopped.", signum)
+            error = TrainingStopped(f"{name} received {self.when}; {self.note}. Stopped.", signum)
+            self._cancel = raise_when_safe(frame, error)
+            return
         if self.reason is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.reason = name
         logging.warning("%s received: finishing the current step, then saving.", self.reason)
 
     def __exit__(self, *exc) -> None:
+        if self._cancel is not None:  # a deferred stop the block finished before: drop it
+            self._cancel()
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
@@ -224,7 +300,7 @@ def summarize_metrics(host: Mapping[str, np.ndarray]) -> dict[str, float]:
 def _save_samples(
     workdir: str, step: int, samples: np.ndarray, writer: writers.MetricWriter
 ) -> None:
-    path = os.path.join(workdir, "samples", f"step_{step:07d}.png")
+    path = os.path.join(workdir, SAMPLES_DIR, f"step_{step:07d}.png")
     grid = images.grid(samples)
     images.save_png(path, grid)
     writer.write_images(step, {"samples": grid[None]})
@@ -254,6 +330,7 @@ def train_and_evaluate(
     is_main = parallel.is_main_process()
     replicated = parallel.replicated(mesh)
 
+    checkpoint.check_best_is_ours(workdir, t.ckpt_every)
     static, abstract = methods.abstract_state(config, replicated)
     meta = checkpoint.make_meta(config, abstract.params)
     os.makedirs(workdir, exist_ok=True)
@@ -508,7 +585,13 @@ def train_and_eval(
             "was not computed (rerun the same command to resume, or use --mode=eval).",
             stop.signum,
         )
-    record = evaluate.run_eval(config, workdir, evaluator=evaluator)
+    latest = os.path.join(workdir, checkpoint.LATEST_DIR)
+    intact = (
+        f"the checkpoint of step {int(state.step)} in {latest} is intact; the final FID was not "
+        "computed (compute it with --mode=eval)"
+    )
+    with StopRequest(when="during the final FID", note=intact):
+        record = evaluate.run_eval(config, workdir, evaluator=evaluator)
     clock = training_clock(workdir, int(state.step))
     record.update(
         train_wall_s=round(clock.get("wall_s", train_wall), 2),

@@ -21,17 +21,23 @@ written as scalars to `workdir/eval/metrics.jsonl` (and TensorBoard events in `w
   timeout covers it).
 - The Evaluator (Inception extractors, reference statistics, generator) and the extra metrics
   are built once; every checkpoint reuses their compiled programs.
+- One watcher per workdir: it holds a lock on `eval/watch.lock` while it runs, and a second one
+  is refused (both would evaluate every checkpoint and write every record twice).
 
 With several processes, process 0 reads the files and decides; the others follow its decision.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import logging
+import math
+import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +52,7 @@ from diffusion_jax.errors import CheckpointError, UserError
 DEFAULT_TIMEOUT_S = 3600.0
 POLL_S = 5.0
 RESTORE_ATTEMPTS = 3
+LOCK_FILE = "watch.lock"  # in workdir/eval: held by the one watcher of a workdir
 
 Metric = Callable[[nnx.State], float]  # EMA parameters -> value
 EvaluateParams = Callable[[nnx.State, int], dict]  # (EMA parameters, step) -> record
@@ -262,6 +269,39 @@ def make_evaluate_params(
     return evaluate_params
 
 
+def check_timeout(timeout_s: float) -> None:
+    """Refuses a --watch_timeout that would never expire (nan, inf) or makes no sense (< 0)."""
+    if not (isinstance(timeout_s, (int, float)) and math.isfinite(timeout_s) and timeout_s >= 0):
+        raise UserError(
+            f"--watch_timeout={timeout_s}: give the seconds to wait for a new checkpoint, a "
+            f"finite number >= 0 (default {DEFAULT_TIMEOUT_S:g})."
+        )
+
+
+@contextlib.contextmanager
+def only_watcher(workdir: str) -> Iterator[None]:
+    """Holds `workdir/eval/watch.lock` (an exclusive `flock`, released when the process ends,
+    also when it is killed) for the block; raises `UserError` if another watcher holds it."""
+    path = Path(workdir) / evaluate.OUTPUT_DIR / LOCK_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+", encoding="utf-8") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise UserError(
+                f"Another --mode=eval_watch (process {holder}) is already following {workdir} "
+                f"(it holds {path}); a second one would evaluate every checkpoint again. Stop "
+                "it first, or watch another --workdir."
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        yield
+
+
 def run_watch(
     config: ml_collections.ConfigDict,
     workdir: str,
@@ -271,6 +311,20 @@ def run_watch(
     config_file: str | None = None,
 ) -> dict:
     """`--mode=eval_watch`: evaluate each checkpoint of `workdir` as training writes it."""
+    check_timeout(timeout_s)
+    if parallel.is_main_process():  # process 0 reads and writes the files; the others follow
+        with only_watcher(workdir):
+            return _watch(config, workdir, timeout_s, poll_s, config_file)
+    return _watch(config, workdir, timeout_s, poll_s, config_file)
+
+
+def _watch(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    timeout_s: float,
+    poll_s: float,
+    config_file: str | None,
+) -> dict:
     methods.validate_config(config)
     n = int(config.fid.eval_samples)
     if n < 2:

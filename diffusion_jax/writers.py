@@ -32,6 +32,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from diffusion_jax.errors import UserError
+
 METRICS_FILE = "metrics.jsonl"
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -312,20 +314,29 @@ def create_writer(
     `resume_step`: the step this run starts from (the restored checkpoint's; 0 when starting
     from scratch). Records a killed earlier run wrote past it are dropped from metrics.jsonl and
     hidden in TensorBoard, so every step appears once. None appends to whatever is there.
+
+    A file that cannot be opened or written (a full disk, a read-only folder) raises `UserError`.
     """
     if not is_main:
         return LoggingWriter()
     writers: list[Any] = [LoggingWriter()]
-    if tensorboard:
-        try:
-            writers.append(TensorBoardWriter(workdir, resume_step=resume_step))
-        except ImportError as e:
-            logging.warning(
-                "No TensorBoard event files (%s); logging metrics and writing %s only.",
-                e,
-                METRICS_FILE,
-            )
-    writers.append(JsonlWriter(os.path.join(workdir, METRICS_FILE), resume_step=resume_step))
+    try:
+        if tensorboard:
+            try:
+                writers.append(TensorBoardWriter(workdir, resume_step=resume_step))
+            except ImportError as e:
+                logging.warning(
+                    "No TensorBoard event files (%s); logging metrics and writing %s only.",
+                    e,
+                    METRICS_FILE,
+                )
+        writers.append(JsonlWriter(os.path.join(workdir, METRICS_FILE), resume_step=resume_step))
+    except OSError as e:
+        MultiWriter(writers).close()
+        raise UserError(
+            f"Cannot write the run's metrics in {workdir} ({e.strerror or e}): free disk space "
+            "or fix the folder, then rerun the same command (nothing was trained)."
+        ) from e
     return MultiWriter(writers)
 
 

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from diffusion_jax.errors import UserError
+from diffusion_jax.errors import UserError, blocking_file
+from diffusion_jax.pixels import WIDE_MODES, to_8bit
 
 DEFAULT_KEYS = ("x", "images", "arr_0", "x_train")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
@@ -83,7 +84,7 @@ def _check_image_file(p: Path) -> tuple[int, int, int]:
     try:
         with Image.open(p) as im:
             w, h = im.size
-            c = 1 if im.mode == "L" else 3
+            c = 1 if im.mode == "L" or im.mode in WIDE_MODES else 3  # wide: to_8bit's grey
             im.verify()
     except Exception as e:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, ...
         raise _unreadable_image(p, e) from e
@@ -100,8 +101,11 @@ def _load_image(p: Path) -> np.ndarray:
 
     try:
         with Image.open(p) as im:
+            im = to_8bit(im, str(p))
             im = im if im.mode in ("L", "RGB") else im.convert("RGB")
             a = np.asarray(im)
+    except UserError:
+        raise
     except Exception as e:  # noqa: BLE001 - a corrupt image body surfaces only when decoded
         raise _unreadable_image(p, e) from e
     return a[..., None] if a.ndim == 2 else a
@@ -197,6 +201,17 @@ def _statistics(found: _Input, extractor, args: argparse.Namespace):  # noqa: AN
     return stats
 
 
+def _check_output(flag: str, path: str | None) -> None:
+    """Refuses a --save_stats_* path that cannot be written, before the Inception network runs."""
+    if not path:
+        return
+    if Path(path).is_dir():
+        raise UserError(f"--{flag}={path} is a folder; give a file name (.npz).")
+    blocker = blocking_file(Path(path).parent)
+    if blocker is not None:
+        raise UserError(f"--{flag}={path} lies under {blocker}, which is a file, not a folder.")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m diffusion_jax.fid",
@@ -218,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
         from diffusion_jax.fid import FeatureExtractor, fid_from_statistics, save_statistics
 
         inputs = [_open_input(args.a), _open_input(args.b)]  # both checked before any work
+        for flag in ("save_stats_a", "save_stats_b"):
+            _check_output(flag, getattr(args, flag))
         extractor = FeatureExtractor(args.weights, args.protocol, args.batch_size)
         sa, sb = (_statistics(found, extractor, args) for found in inputs)
         for path, s in ((args.save_stats_a, sa), (args.save_stats_b, sb)):

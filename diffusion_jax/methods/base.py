@@ -40,6 +40,7 @@ import ml_collections
 from diffusion_jax.batches import TrainData
 
 DATA_STREAM, STEP_STREAM = 0, 1  # fold_in(state.rng, stream): data order / per-step draws
+REPORT_DIR = "report"  # workdir/report: what a method's `report` writes (--mode=sample)
 
 # sample_fn(ema_params, keys, labels) -> float32 images [B, H, W, C] in [-1, 1].
 # keys: uint32 [B, 2], image i's own key (`samplers.image_keys`): every random draw of image i

@@ -47,7 +47,7 @@ from diffusion_jax import batches, data, images, parallel, pixels, samplers, wri
 from diffusion_jax import state as state_lib
 from diffusion_jax.course_unet import IMAGE_SIZE, CourseUNet
 from diffusion_jax.errors import UserError
-from diffusion_jax.methods.base import Method, step_keys
+from diffusion_jax.methods.base import REPORT_DIR, Method, step_keys
 
 REPORT_STREAM = 0x64656E  # fold_in(PRNGKey(config.seed), REPORT_STREAM): the report's noise
 PSNR_CAP_MSE = 1e-12  # per-image MSE floor: a noiseless image (sigma 0) reads 120 dB, not inf
@@ -388,7 +388,7 @@ def report(
         "psnr_cap_db": float(psnr_db(np.float64(0.0))),
         "levels": levels,
     }
-    out_dir = os.path.join(workdir, "report")
+    out_dir = os.path.join(workdir, REPORT_DIR)
     paths = {
         "denoiser.json": os.path.join(out_dir, "denoiser.json"),
         "denoiser.md": os.path.join(out_dir, "denoiser.md"),

@@ -59,11 +59,10 @@ from diffusion_jax import data, images, parallel, pixels, writers
 from diffusion_jax import state as state_lib
 from diffusion_jax.batches import TrainData
 from diffusion_jax.errors import UserError
-from diffusion_jax.methods.base import Method, step_keys
+from diffusion_jax.methods.base import REPORT_DIR, Method, step_keys
 
 # fold_in(PRNGKey(seed), stream): the networks' init, the inputs z, the target noise n, state.rng
 NET_STREAM, INPUT_STREAM, NOISE_STREAM, TRAIN_STREAM = 0, 1, 2, 3
-REPORT_DIR = "report"
 LEAKY_SLOPE = 0.2  # the original's LeakyReLU
 NORM_EPS = 1e-5  # PyTorch BatchNorm2d's eps
 

@@ -363,8 +363,15 @@ def _loop(
     if is_main:  # every run, fresh or resumed: the parameters it trains
         table = metrics_lib.parameter_table(state.params)
         logging.info("Parameters (%s) at step %d:\n%s", method.name, step, table)
+    if is_main and step == 0:  # the HParams dashboard: the config of a fresh run
+        writer.write_hparams(writers.hparams_of(config))
     bar = writers.train_bar(
-        t.num_steps, initial=step, time_budget_s=t.time_budget_s, started=started, enabled=is_main
+        t.num_steps,
+        initial=step,
+        time_budget_s=t.time_budget_s,
+        started=started,
+        enabled=is_main,
+        clu_progress=t.tensorboard,  # with TensorBoard on, CLU's progress lines when TF is there
     )
     window = None  # the metrics Collection of the calls since the last log line (on device)
     in_flight: collections.deque = collections.deque(maxlen=_IN_FLIGHT + 1)

@@ -1,23 +1,34 @@
-"""Where metrics go: log lines, TensorBoard event files, `workdir/metrics.jsonl`, tqdm.
+"""Where metrics go: log lines, TensorBoard event files, `workdir/metrics.jsonl`, progress.
 
-The main process writes all three; other processes only log. `workdir/metrics.jsonl` (one
-`{"step": n, name: value, ...}` object per line, flushed per write) is always written: it is what
-`images.loss_curve` plots and what scripts read. TensorBoard event files (scalars, and images as
-PNG) are written with the `tensorboard` package's own protos and record writer, never TensorFlow
-or CLU, so they appear on machines without TF too; if `tensorboard` is not importable, a one-line
-warning says so and only log lines and metrics.jsonl are written.
+`create_writer` returns one object with the `MetricWriter` methods (`write_scalars`,
+`write_images`, `write_texts`, `write_hparams`, `flush`, `close`); the loop never asks which
+backend is behind it. Where TensorFlow is importable, CLU's `metric_writers.create_default_writer`
+writes the log lines and the event files (`tf.summary`, asynchronously); where it is not (a bare
+GPU machine), our own: `LoggingWriter` and `TensorBoardWriter`, which writes event files (scalars,
+images as PNG, texts, hparams) with the `tensorboard` package's own protos and record writer, no
+TensorFlow; if `tensorboard` is not importable either, a one-line warning says so and only log
+lines and metrics.jsonl are written. `tensorboard=False` writes no event files and imports no TF.
+
+The main process writes everything; other processes only log. `workdir/metrics.jsonl` (one
+`{"step": n, name: value, ...}` object per line, flushed per write) is always written, by either
+backend: it is what `images.loss_curve` plots and what scripts read.
 
 A resumed run passes `resume_step` (the checkpoint's step; 0 for a fresh start): the records past
-it, left by the killed run, are dropped from metrics.jsonl (rewritten atomically), and the new
-event file starts with a `SessionLog(START)` at `resume_step + 1`, which makes TensorBoard discard
-the dead branch's events from that step on, so no step shows twice.
+it, left by the killed run, are dropped from metrics.jsonl (rewritten atomically), and the run's
+events start with a `SessionLog(START)` at `resume_step + 1` (in our event file, or, for CLU's
+`tf.summary` writer, which writes none, in a small event file of its own sorted just before TF's),
+which makes TensorBoard discard the dead branch's events from that step on, so no step shows twice.
+
+Progress (`train_bar`): `BudgetBar` when a time budget ends the run; else CLU's
+`periodic_actions.ReportProgress` log lines when asked for and importable (it needs TF); else tqdm.
 `write_json` (on `replace_file`) is the package's one atomic JSON writer: records, reports, tables.
-`tensorboard` and PIL are imported inside functions only.
+`tensorboard`, TensorFlow, CLU's writers and PIL are imported inside functions only.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import json
 import logging
@@ -36,15 +47,26 @@ METRICS_FILE = "metrics.jsonl"
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
+def _clu_dir() -> str | None:
+    spec = importlib.util.find_spec("clu")  # without importing it
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    return os.path.abspath(locations[0]) if locations else None
+
+
 class _OwnInfoOnly(logging.Filter):
+    def __init__(self) -> None:
+        super().__init__()
+        clu = _clu_dir()
+        self._dirs = (_PACKAGE_DIR,) + ((clu,) if clu else ())
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING or record.pathname.startswith(_PACKAGE_DIR)
+        return record.levelno >= logging.WARNING or record.pathname.startswith(self._dirs)
 
 
 def quiet_library_logs() -> None:
-    """Keep INFO lines of this package only: Orbax, JAX and TFDS log dozens per checkpoint.
-
-    Their warnings and errors still show.
+    """Keep INFO lines of this package and CLU only (CLU's: the metric log lines of its
+    `LoggingWriter`, `ReportProgress`'s progress): Orbax, JAX and TFDS log dozens per
+    checkpoint. Their warnings and errors still show.
     """
     from absl import logging as absl_logging
 
@@ -54,11 +76,16 @@ def quiet_library_logs() -> None:
 
 
 class MetricWriter(Protocol):
-    """What the workflows call on a writer (the shape of CLU's `MetricWriter`)."""
+    """What the workflows call on a writer: the methods of CLU's `MetricWriter` the loop uses,
+    which both `create_writer` backends (CLU's writers with TensorFlow, ours without) have."""
 
     def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None: ...
 
     def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None: ...
+
+    def write_texts(self, step: int, texts: Mapping[str, str]) -> None: ...
+
+    def write_hparams(self, hparams: Mapping[str, Any]) -> None: ...
 
     def flush(self) -> None: ...
 
@@ -79,6 +106,13 @@ class LoggingWriter:
     def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
         shapes = ", ".join(f"{k} {list(np.shape(v))}" for k, v in images.items())
         logging.info("[%d] images: %s", step, shapes)
+
+    def write_texts(self, step: int, texts: Mapping[str, str]) -> None:
+        for key, text in texts.items():
+            logging.info("[%d] %s: %s", step, key, text)
+
+    def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+        logging.info("hparams: %s", ", ".join(f"{k}={v}" for k, v in hparams.items()))
 
     def flush(self) -> None:
         pass
@@ -187,6 +221,12 @@ class JsonlWriter:
     def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
         pass
 
+    def write_texts(self, step: int, texts: Mapping[str, str]) -> None:
+        pass
+
+    def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+        pass
+
     def flush(self) -> None:
         self._file.flush()
 
@@ -274,6 +314,19 @@ class TensorBoardWriter:
                 values.append(pb.Value(tag=tag, image=picture))
         self._add_summary(step, values)
 
+    def write_texts(self, step: int, texts: Mapping[str, str]) -> None:
+        from tensorboard.plugins.text import summary_v2 as text_summary
+
+        values = [v for k, t in texts.items() for v in text_summary.text_pb(k, t).value]
+        self._add_summary(step, values)
+
+    def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+        """The HParams dashboard's session (`bool`, `int`, `float`, `str` values), at step 0
+        as `tf.summary` writes it."""
+        from tensorboard.plugins.hparams import summary_v2 as hparams_summary
+
+        self._add_summary(0, list(hparams_summary.hparams_pb(dict(hparams)).value))
+
     def flush(self) -> None:
         self._records.flush()
 
@@ -294,6 +347,14 @@ class MultiWriter:
         for w in self.writers:
             w.write_images(step, images)
 
+    def write_texts(self, step: int, texts: Mapping[str, str]) -> None:
+        for w in self.writers:
+            w.write_texts(step, texts)
+
+    def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+        for w in self.writers:
+            w.write_hparams(hparams)
+
     def flush(self) -> None:
         for w in self.writers:
             w.flush()
@@ -303,11 +364,52 @@ class MultiWriter:
             w.close()
 
 
+def clu_metric_writers() -> Any | None:
+    """`clu.metric_writers` when it imports (it imports TensorFlow), else None: a bare GPU
+    machine has no TF, and a broken TF must not stop a training run (a warning says why).
+    TensorFlow is kept off the GPUs, which are JAX's."""
+    try:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TF's INFO lines (oneDNN, ...)
+        import tensorflow as tf
+        from clu import metric_writers
+    except ImportError as e:
+        logging.info("No TensorFlow or CLU writers (%s): the TF-free TensorBoard writer.", e)
+        return None
+    except Exception as e:  # a TF that fails to import: warn and go on
+        logging.warning("TensorFlow does not import (%r): the TF-free TensorBoard writer.", e)
+        return None
+    with contextlib.suppress(RuntimeError, ValueError):  # already initialized: leave it
+        tf.config.set_visible_devices([], "GPU")
+    return metric_writers
+
+
+def _start_session(logdir: str, resume_step: int) -> None:
+    """For CLU's `tf.summary` writer, which writes no `SessionLog`: an event file of its own
+    holding `SessionLog(START)` at `resume_step + 1` (`TensorBoardWriter`), named to sort after
+    every existing event file and before the one TF is about to create (`...<seconds>.<host>.
+    <pid>` is a prefix of TF's `...<seconds>.<host>.<pid>.<n>.v2`, and TF's seconds are not
+    earlier: this waits for the clock when the stamp had to be moved past it)."""
+    writer = TensorBoardWriter(logdir, resume_step=resume_step)
+    writer.close()
+    stamp = int(os.path.basename(writer.path)[len(_EVENTS_PREFIX) :].split(".")[0])
+    while time.time() < stamp:
+        time.sleep(0.05)
+
+
 def create_writer(
     workdir: str, *, is_main: bool, tensorboard: bool = True, resume_step: int | None = None
 ) -> MetricWriter:
-    """The run's writer: process 0 logs, writes TensorBoard events into `workdir` (if the
-    `tensorboard` package is there) and `workdir/metrics.jsonl`; other processes only log.
+    """The run's writer: process 0 logs, writes TensorBoard events into `workdir` and
+    `workdir/metrics.jsonl`; other processes only log. One object with the `MetricWriter`
+    methods whichever backend writes the events:
+
+    - TensorFlow importable: CLU's `metric_writers.create_default_writer(workdir)` (log lines,
+      `tf.summary` event files, asynchronous), beside our `JsonlWriter`;
+    - not (a bare GPU machine): our `LoggingWriter`, `TensorBoardWriter` (the `tensorboard`
+      package's protos, no TF; if `tensorboard` is missing too, a warning and no event files)
+      and `JsonlWriter`.
+
+    `tensorboard=False` writes no event files and imports no TensorFlow.
 
     `resume_step`: the step this run starts from (the restored checkpoint's; 0 when starting
     from scratch). Records a killed earlier run wrote past it are dropped from metrics.jsonl and
@@ -315,6 +417,12 @@ def create_writer(
     """
     if not is_main:
         return LoggingWriter()
+    jsonl = JsonlWriter(os.path.join(workdir, METRICS_FILE), resume_step=resume_step)
+    clu = clu_metric_writers() if tensorboard else None
+    if clu is not None:
+        if resume_step is not None:
+            _start_session(workdir, resume_step)
+        return MultiWriter([clu.create_default_writer(workdir, asynchronous=True), jsonl])
     writers: list[Any] = [LoggingWriter()]
     if tensorboard:
         try:
@@ -325,8 +433,27 @@ def create_writer(
                 e,
                 METRICS_FILE,
             )
-    writers.append(JsonlWriter(os.path.join(workdir, METRICS_FILE), resume_step=resume_step))
+    writers.append(jsonl)
     return MultiWriter(writers)
+
+
+def hparams_of(config: Any) -> dict[str, bool | int | float | str]:
+    """A config (ConfigDict or nested mapping) as `write_hparams` takes it: flat dotted names,
+    values bool, int, float or str (anything else, e.g. a tuple, as its str)."""
+    config = config.to_dict() if hasattr(config, "to_dict") else config
+    flat: dict[str, bool | int | float | str] = {}
+
+    def walk(prefix: str, section: Mapping[str, Any]) -> None:
+        for key, value in section.items():
+            name = f"{prefix}{key}"
+            if isinstance(value, Mapping):
+                walk(f"{name}.", value)
+            else:
+                ok = isinstance(value, (bool, int, float, str))
+                flat[name] = value if ok else str(value)
+
+    walk("", config)
+    return flat
 
 
 def read_metrics(path: str) -> list[dict[str, Any]]:
@@ -429,8 +556,46 @@ class BudgetBar:
         self._bar.close()
 
 
-def train_bar(num_steps: int, *, initial: int, time_budget_s: float, started: float, enabled: bool):
-    """The bar of a training run: seconds of the budget when it has one, else steps."""
+class ReportProgress:
+    """`clu.periodic_actions.ReportProgress` behind the bar's interface: every `every_secs` a log
+    line with steps/s, the percentage done and the ETA ("Setting work unit notes: ..."). The
+    loss etc. are in the writer's log lines, so `set_postfix_str` shows nothing; no scalars are
+    written (the loop writes steps_per_sec itself at each log step)."""
+
+    def __init__(self, num_steps: int, *, initial: int = 0, every_secs: float = 60.0):
+        from clu import periodic_actions
+
+        self.report = periodic_actions.ReportProgress(
+            num_train_steps=num_steps, every_secs=every_secs
+        )
+        self.step = initial
+        self.report(initial)  # the first call only starts the clock
+
+    def update(self, k: int = 1) -> None:
+        self.step += k
+        self.report(self.step)
+
+    def set_postfix_str(self, s: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def train_bar(
+    num_steps: int,
+    *,
+    initial: int,
+    time_budget_s: float,
+    started: float,
+    enabled: bool,
+    clu_progress: bool = False,
+):
+    """The progress of a training run on process 0: with a time budget, `BudgetBar` (seconds
+    of the budget); else, with `clu_progress` and CLU's periodic actions importable (they need
+    TensorFlow), CLU's `ReportProgress` log lines; else a tqdm bar of steps."""
     if enabled and time_budget_s:
         return BudgetBar(time_budget_s, started=started, initial_step=initial)
+    if enabled and clu_progress and clu_metric_writers() is not None:
+        return ReportProgress(num_steps, initial=initial)
     return progress_bar(num_steps, initial=initial, enabled=enabled)

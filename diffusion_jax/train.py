@@ -7,14 +7,17 @@ device (DDPM's: `methods.ddpm.train_step`); `steps_per_call` steps run inside on
 (`lax.scan`). Because every random draw is a function of (state.rng, step), a run resumed from a
 checkpoint repeats exactly the computation of a run that never stopped.
 
-The loop restores the latest checkpoint in `workdir`, logs at `log_every` steps (the only time
-metrics leave the devices), checks that every metric is finite before every save, saves every
+The loop restores the latest checkpoint in `workdir`, logs the parameter table
+(`clu.parameter_overview`), accumulates the metrics on the devices as a `clu.metrics.Collection`
+(`diffusion_jax.metrics`), logs at `log_every` steps (the only time metrics leave the devices),
+checks that every metric is finite before every save, saves every
 `ckpt_every` steps, draws EMA sample grids every `sample_every` steps, stops cleanly on SIGTERM /
 SIGINT or at `time_budget_s`, and calls an optional `evaluate_fn` every `config.fid.every` steps.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import functools
@@ -42,6 +45,7 @@ from diffusion_jax import (
     sampling,
     writers,
 )
+from diffusion_jax import metrics as metrics_lib
 from diffusion_jax import state as state_lib
 from diffusion_jax.batches import TrainData, select_batch
 from diffusion_jax.errors import TrainingDivergedError, UserError
@@ -91,9 +95,11 @@ def load_train_data(config: ml_collections.ConfigDict, mesh: Mesh) -> TrainData:
 
 def make_train_call(
     config: ml_collections.ConfigDict, static: Any, mesh: Mesh
-) -> Callable[[State, TrainData], tuple[State, dict[str, jax.Array]]]:
-    """`steps_per_call` train steps of `config.method` as one compiled call; metrics come back
-    stacked [k]. `static` is the method's (DDPM: the model's graphdef).
+) -> Callable[[State, TrainData], tuple[State, metrics_lib.clu_metrics.Collection]]:
+    """`steps_per_call` train steps of `config.method` as one compiled call, returning the new
+    state and the steps' metrics as one `clu.metrics.Collection` (`metrics.from_steps`: window
+    means, last values, the loss's Std, the first non-finite step). `static` is the method's
+    (DDPM: the model's graphdef).
 
     The state (parameters, optimizer state, EMA, ...) is replicated, the batch is split over
     every device, and the state's buffers are donated (updated in place).
@@ -107,10 +113,13 @@ def make_train_call(
 
     def call(state: State, train_data: TrainData):
         k = config.train.steps_per_call
+        first_step = state.step + 1  # the step number (after its update) of the first step
         if k == 1:  # no loop: XLA:CPU runs backward convolutions ~10x slower inside loops
-            state, metrics = step(state, train_data)
-            return state, jax.tree.map(lambda m: m[None], metrics)
-        return jax.lax.scan(lambda s, _: step(s, train_data), state, None, length=k)
+            state, stacked = step(state, train_data)
+            stacked = jax.tree.map(lambda m: m[None], stacked)
+        else:
+            state, stacked = jax.lax.scan(lambda s, _: step(s, train_data), state, None, length=k)
+        return state, metrics_lib.from_steps(stacked, first_step)
 
     replicated, host = parallel.replicated(mesh), parallel.host_sharding(mesh)
     data_sharding = TrainData(images=host, labels=host)
@@ -250,12 +259,6 @@ class StopRequest:
             signal.signal(sig, handler)
 
 
-def _fetch_metrics(pending: list[dict[str, jax.Array]]) -> dict[str, np.ndarray]:
-    """Per-step host metrics of the calls since the last fetch, concatenated in step order."""
-    host = jax.device_get(pending)
-    return {k: np.concatenate([np.atleast_1d(m[k]) for m in host]) for k in host[0]}
-
-
 def _diverged(
     config: ml_collections.ConfigDict,
     step: int,
@@ -282,19 +285,6 @@ def _diverged(
         + "; ".join(hints)
         + "."
     )
-
-
-LAST_VALUE_METRICS = ("lr",)  # and names ending in "grad_norm": logged as the window's last
-
-
-def summarize_metrics(host: Mapping[str, np.ndarray]) -> dict[str, float]:
-    """One value per metric for a log line: the window's mean, except the learning rate and
-    gradient norms, which are the last step's."""
-    out = {}
-    for name, values in host.items():
-        last = name in LAST_VALUE_METRICS or name.endswith("grad_norm")
-        out[name] = float(values[-1] if last else values.mean())
-    return out
 
 
 def _save_samples(
@@ -447,10 +437,21 @@ def _loop(
     writer = writers.create_writer(
         workdir, is_main=is_main, tensorboard=t.tensorboard, resume_step=step
     )
+    if is_main:  # every run, fresh or resumed: the parameters it trains
+        table = metrics_lib.parameter_table(state.params)
+        logging.info("Parameters (%s) at step %d:\n%s", method.name, step, table)
+    if is_main and step == 0:  # the HParams dashboard: the config of a fresh run
+        writer.write_hparams(writers.hparams_of(config))
     bar = writers.train_bar(
-        t.num_steps, initial=step, time_budget_s=t.time_budget_s, started=started, enabled=is_main
+        t.num_steps,
+        initial=step,
+        time_budget_s=t.time_budget_s,
+        started=started,
+        enabled=is_main,
+        clu_progress=t.tensorboard,  # with TensorBoard on, CLU's progress lines when TF is there
     )
-    pending: list[dict[str, jax.Array]] = []
+    window = None  # the metrics Collection of the calls since the last log line (on device)
+    in_flight: collections.deque = collections.deque(maxlen=_IN_FLIGHT + 1)
     last_log_step, last_log_time = step, time.monotonic()
     last_good = ckpts.latest_step()
     k, multi = t.steps_per_call, jax.process_count() > 1
@@ -462,9 +463,10 @@ def _loop(
         while step < t.num_steps:
             state, metrics = train_call(state, train_data)
             step += k
-            pending.append(metrics)
-            if len(pending) > _IN_FLIGHT:  # bound async dispatch: see _IN_FLIGHT
-                jax.block_until_ready(pending[-_IN_FLIGHT - 1])
+            window = metrics if window is None else metrics_lib.merge(window, metrics)
+            in_flight.append(metrics)
+            if len(in_flight) > _IN_FLIGHT:  # bound async dispatch: see _IN_FLIGHT
+                jax.block_until_ready(in_flight[0])
             bar.update(k)
 
             reason = None
@@ -483,25 +485,18 @@ def _loop(
             save = step % t.ckpt_every == 0 or last
 
             if step % t.log_every == 0 or save:
-                host = _fetch_metrics(pending)
-                first = step - k * len(pending) + 1
-                bad = np.zeros(len(next(iter(host.values()))), bool)
-                for name in host:
-                    bad |= ~np.isfinite(host[name])
-                if bad.any():
-                    i = int(np.argmax(bad))
-                    what = {n: float(v[i]) for n, v in host.items() if not np.isfinite(v[i])}
-                    raise _diverged(config, first + i, what, last_good, ckpts.latest_dir)
-                pending = []
+                scalars, bad = metrics_lib.summarize(window)  # fetches: the window's end
+                if bad is not None:
+                    raise _diverged(config, bad[0], bad[1], last_good, ckpts.latest_dir)
+                window = None
                 now = time.monotonic()
                 rate = (step - last_log_step) / max(now - last_log_time, 1e-9)
                 last_log_step, last_log_time = step, now
-                scalars = summarize_metrics(host)
                 scalars.update(steps_per_sec=rate, examples_per_sec=rate * t.batch_size)
                 if save and heldout_loss is not None:  # of the EMA, at every checkpoint
                     scalars["heldout_loss"] = heldout_loss(state.ema_params)
                 writer.write_scalars(step, scalars)
-                shown = "loss" if "loss" in scalars else next(iter(host))
+                shown = "loss" if "loss" in scalars else next(iter(scalars))
                 bar.set_postfix_str(f"{shown}={scalars[shown]:.4f}")
 
             if preview is not None and step % t.sample_every == 0:

@@ -1,23 +1,34 @@
-"""Where metrics go: log lines, TensorBoard event files, `workdir/metrics.jsonl`, tqdm.
+"""Where metrics go: log lines, TensorBoard event files, `workdir/metrics.jsonl`, progress.
 
-The main process writes all three; other processes only log. `workdir/metrics.jsonl` (one
-`{"step": n, name: value, ...}` object per line, flushed per write) is always written: it is what
-`images.loss_curve` plots and what scripts read. TensorBoard event files (scalars, and images as
-PNG) are written with the `tensorboard` package's own protos and record writer, never TensorFlow
-or CLU, so they appear on machines without TF too; if `tensorboard` is not importable, a one-line
-warning says so and only log lines and metrics.jsonl are written.
+`create_writer` returns one object with the `MetricWriter` methods (`write_scalars`,
+`write_images`, `write_texts`, `write_hparams`, `flush`, `close`); the loop never asks which
+backend is behind it. Where TensorFlow is importable, CLU's `metric_writers.create_default_writer`
+writes the log lines and the event files (`tf.summary`, asynchronously); where it is not (a bare
+GPU machine), our own: `LoggingWriter` and `TensorBoardWriter`, which writes event files (scalars,
+images as PNG, texts, hparams) with the `tensorboard` package's own protos and record writer, no
+TensorFlow; if `tensorboard` is not importable either, a one-line warning says so and only log
+lines and metrics.jsonl are written. `tensorboard=False` writes no event files and imports no TF.
+
+The main process writes everything; other processes only log. `workdir/metrics.jsonl` (one
+`{"step": n, name: value, ...}` object per line, flushed per write) is always written, by either
+backend: it is what `images.loss_curve` plots and what scripts read.
 
 A resumed run passes `resume_step` (the checkpoint's step; 0 for a fresh start): the records past
-it, left by the killed run, are dropped from metrics.jsonl (rewritten atomically), and the new
-event file starts with a `SessionLog(START)` at `resume_step + 1`, which makes TensorBoard discard
-the dead branch's events from that step on, so no step shows twice.
-`write_json` (on `replace_file`) is the package's one atomic JSON writer: records, reports, tables.
-`tensorboard` and PIL are imported inside functions only.
+it, left by the killed run, are dropped from metrics.jsonl (rewritten atomically), and the run's
+events start with a `SessionLog(START)` at `resume_step + 1` (in our event file, or, for CLU's
+`tf.summary` writer, which writes none, in a small event file of its own sorted just before TF's),
+which makes TensorBoard discard the dead branch's events from that step on, so no step shows twice.
+
+Progress (`train_bar`): `BudgetBar` when a time budget ends the run; else CLU's
+`periodic_actions.ReportProgress` log lines when asked for and importable (it needs TF); else tqdm.
+`write_json`, `read_metrics` and the other file helpers are `diffusion_jax.records`' (re-exported).
+`tensorboard`, TensorFlow, CLU's writers and PIL are imported inside functions only.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import json
 import logging
@@ -25,28 +36,43 @@ import math
 import os
 import socket
 import time
-import uuid
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from diffusion_jax.errors import UserError
 
-METRICS_FILE = "metrics.jsonl"
+# The file helpers live in `records` (no writer backends: the methods use them); here too.
+from diffusion_jax.records import METRICS_FILE as METRICS_FILE
+from diffusion_jax.records import read_metrics as read_metrics
+from diffusion_jax.records import replace_file as replace_file
+from diffusion_jax.records import truncate_metrics
+from diffusion_jax.records import write_json as write_json
+
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
+def _clu_dir() -> str | None:
+    spec = importlib.util.find_spec("clu")  # without importing it
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    return os.path.abspath(locations[0]) if locations else None
+
+
 class _OwnInfoOnly(logging.Filter):
+    def __init__(self) -> None:
+        super().__init__()
+        clu = _clu_dir()
+        self._dirs = (_PACKAGE_DIR,) + ((clu,) if clu else ())
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING or record.pathname.startswith(_PACKAGE_DIR)
+        return record.levelno >= logging.WARNING or record.pathname.startswith(self._dirs)
 
 
 def quiet_library_logs() -> None:
-    """Keep INFO lines of this package only: Orbax, JAX and TFDS log dozens per checkpoint.
-
-    Their warnings and errors still show.
+    """Keep INFO lines of this package and CLU only (CLU's: the metric log lines of its
+    `LoggingWriter`, `ReportProgress`'s progress): Orbax, JAX and TFDS log dozens per
+    checkpoint. Their warnings and errors still show.
     """
     from absl import logging as absl_logging
 
@@ -56,11 +82,16 @@ def quiet_library_logs() -> None:
 
 
 class MetricWriter(Protocol):
-    """What the workflows call on a writer (the shape of CLU's `MetricWriter`)."""
+    """What the workflows call on a writer: the methods of CLU's `MetricWriter` the loop uses,
+    which both `create_writer` backends (CLU's writers with TensorFlow, ours without) have."""
 
     def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None: ...
 
     def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None: ...
+
+    def write_texts(self, step: int, texts: Mapping[str, str]) -> None: ...
+
+    def write_hparams(self, hparams: Mapping[str, Any]) -> None: ...
 
     def flush(self) -> None: ...
 
@@ -82,73 +113,18 @@ class LoggingWriter:
         shapes = ", ".join(f"{k} {list(np.shape(v))}" for k, v in images.items())
         logging.info("[%d] images: %s", step, shapes)
 
+    def write_texts(self, step: int, texts: Mapping[str, str]) -> None:
+        for key, text in texts.items():
+            logging.info("[%d] %s: %s", step, key, text)
+
+    def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+        logging.info("hparams: %s", ", ".join(f"{k}={v}" for k, v in hparams.items()))
+
     def flush(self) -> None:
         pass
 
     def close(self) -> None:
         pass
-
-
-def replace_file(path: str | os.PathLike, data: bytes) -> None:
-    """Writes `data` to `path` atomically: a new file beside it (same folder, so the rename
-    stays on one file system), flushed to disk, then `os.replace`. A reader or a crash sees
-    the old file or the new one, never a partial one; a file that existed keeps its mode.
-    """
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if os.path.exists(path):
-            os.chmod(tmp, os.stat(path).st_mode & 0o7777)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
-
-
-def write_json(path: str | os.PathLike, record: Any, *, indent: int = 2) -> Path:
-    """Writes `record` as JSON (`indent`, a final newline) atomically (`replace_file`),
-    creating the folder; returns the path. The one JSON writer of the package."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    replace_file(path, (json.dumps(record, indent=indent) + "\n").encode())
-    return path
-
-
-def truncate_metrics(path: str, resume_step: int) -> int:
-    """Drop the records with step > `resume_step`, and lines a crash cut short, from a
-    metrics.jsonl; returns how many lines were dropped.
-
-    The kept lines stay byte for byte and in order. The file is rewritten by `replace_file`, so
-    a crash during the rewrite leaves either the old or the new file, never a partial one.
-    """
-    if not os.path.exists(path):
-        return 0
-    with open(path, "rb") as f:
-        lines = f.read().split(b"\n")
-    cut_last = lines[-1] != b""  # no final newline: the last write may have been cut short
-    kept, dropped = [], 0
-    for line in lines:
-        if not line.strip():
-            continue
-        try:  # a line cut short by a crash is not valid JSON (its closing brace is missing)
-            keep = int(json.loads(line)["step"]) <= resume_step
-        except (ValueError, KeyError, TypeError):
-            keep = False
-        if keep:
-            kept.append(line + b"\n")
-        else:
-            dropped += 1
-    if not dropped and not cut_last:
-        return 0
-    replace_file(path, b"".join(kept))
-    return dropped
 
 
 class JsonlWriter:
@@ -187,6 +163,12 @@ class JsonlWriter:
         self._file.flush()
 
     def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
+        pass
+
+    def write_texts(self, step: int, texts: Mapping[str, str]) -> None:
+        pass
+
+    def write_hparams(self, hparams: Mapping[str, Any]) -> None:
         pass
 
     def flush(self) -> None:
@@ -276,6 +258,19 @@ class TensorBoardWriter:
                 values.append(pb.Value(tag=tag, image=picture))
         self._add_summary(step, values)
 
+    def write_texts(self, step: int, texts: Mapping[str, str]) -> None:
+        from tensorboard.plugins.text import summary_v2 as text_summary
+
+        values = [v for k, t in texts.items() for v in text_summary.text_pb(k, t).value]
+        self._add_summary(step, values)
+
+    def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+        """The HParams dashboard's session (`bool`, `int`, `float`, `str` values), at step 0
+        as `tf.summary` writes it."""
+        from tensorboard.plugins.hparams import summary_v2 as hparams_summary
+
+        self._add_summary(0, list(hparams_summary.hparams_pb(dict(hparams)).value))
+
     def flush(self) -> None:
         self._records.flush()
 
@@ -296,6 +291,14 @@ class MultiWriter:
         for w in self.writers:
             w.write_images(step, images)
 
+    def write_texts(self, step: int, texts: Mapping[str, str]) -> None:
+        for w in self.writers:
+            w.write_texts(step, texts)
+
+    def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+        for w in self.writers:
+            w.write_hparams(hparams)
+
     def flush(self) -> None:
         for w in self.writers:
             w.flush()
@@ -305,11 +308,52 @@ class MultiWriter:
             w.close()
 
 
+def clu_metric_writers() -> Any | None:
+    """`clu.metric_writers` when it imports (it imports TensorFlow), else None: a bare GPU
+    machine has no TF, and a broken TF must not stop a training run (a warning says why).
+    TensorFlow is kept off the GPUs, which are JAX's."""
+    try:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TF's INFO lines (oneDNN, ...)
+        import tensorflow as tf
+        from clu import metric_writers
+    except ImportError as e:
+        logging.info("No TensorFlow or CLU writers (%s): the TF-free TensorBoard writer.", e)
+        return None
+    except Exception as e:  # a TF that fails to import: warn and go on
+        logging.warning("TensorFlow does not import (%r): the TF-free TensorBoard writer.", e)
+        return None
+    with contextlib.suppress(RuntimeError, ValueError):  # already initialized: leave it
+        tf.config.set_visible_devices([], "GPU")
+    return metric_writers
+
+
+def _start_session(logdir: str, resume_step: int) -> None:
+    """For CLU's `tf.summary` writer, which writes no `SessionLog`: an event file of its own
+    holding `SessionLog(START)` at `resume_step + 1` (`TensorBoardWriter`), named to sort after
+    every existing event file and before the one TF is about to create (`...<seconds>.<host>.
+    <pid>` is a prefix of TF's `...<seconds>.<host>.<pid>.<n>.v2`, and TF's seconds are not
+    earlier: this waits for the clock when the stamp had to be moved past it)."""
+    writer = TensorBoardWriter(logdir, resume_step=resume_step)
+    writer.close()
+    stamp = int(os.path.basename(writer.path)[len(_EVENTS_PREFIX) :].split(".")[0])
+    while time.time() < stamp:
+        time.sleep(0.05)
+
+
 def create_writer(
     workdir: str, *, is_main: bool, tensorboard: bool = True, resume_step: int | None = None
 ) -> MetricWriter:
-    """The run's writer: process 0 logs, writes TensorBoard events into `workdir` (if the
-    `tensorboard` package is there) and `workdir/metrics.jsonl`; other processes only log.
+    """The run's writer: process 0 logs, writes TensorBoard events into `workdir` and
+    `workdir/metrics.jsonl`; other processes only log. One object with the `MetricWriter`
+    methods whichever backend writes the events:
+
+    - TensorFlow importable: CLU's `metric_writers.create_default_writer(workdir)` (log lines,
+      `tf.summary` event files, asynchronous), beside our `JsonlWriter`;
+    - not (a bare GPU machine): our `LoggingWriter`, `TensorBoardWriter` (the `tensorboard`
+      package's protos, no TF; if `tensorboard` is missing too, a warning and no event files)
+      and `JsonlWriter`.
+
+    `tensorboard=False` writes no event files and imports no TensorFlow.
 
     `resume_step`: the step this run starts from (the restored checkpoint's; 0 when starting
     from scratch). Records a killed earlier run wrote past it are dropped from metrics.jsonl and
@@ -319,18 +363,25 @@ def create_writer(
     """
     if not is_main:
         return LoggingWriter()
-    writers: list[Any] = [LoggingWriter()]
+    writers: list[Any] = []
     try:
+        jsonl = JsonlWriter(os.path.join(workdir, METRICS_FILE), resume_step=resume_step)
+        writers.append(jsonl)
+        clu = clu_metric_writers() if tensorboard else None
+        if clu is not None:
+            if resume_step is not None:
+                _start_session(workdir, resume_step)
+            return MultiWriter([clu.create_default_writer(workdir, asynchronous=True), jsonl])
+        writers.insert(0, LoggingWriter())
         if tensorboard:
             try:
-                writers.append(TensorBoardWriter(workdir, resume_step=resume_step))
+                writers.insert(1, TensorBoardWriter(workdir, resume_step=resume_step))
             except ImportError as e:
                 logging.warning(
                     "No TensorBoard event files (%s); logging metrics and writing %s only.",
                     e,
                     METRICS_FILE,
                 )
-        writers.append(JsonlWriter(os.path.join(workdir, METRICS_FILE), resume_step=resume_step))
     except OSError as e:
         MultiWriter(writers).close()
         raise UserError(
@@ -340,20 +391,23 @@ def create_writer(
     return MultiWriter(writers)
 
 
-def read_metrics(path: str) -> list[dict[str, Any]]:
-    """The records of a metrics.jsonl; for a step logged twice (a resumed run) the last wins."""
-    by_step: dict[int, dict[str, Any]] = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut short by a crash
-            by_step.setdefault(int(record["step"]), {}).update(record)
-    return [by_step[s] for s in sorted(by_step)]
+def hparams_of(config: Any) -> dict[str, bool | int | float | str]:
+    """A config (ConfigDict or nested mapping) as `write_hparams` takes it: flat dotted names,
+    values bool, int, float or str (anything else, e.g. a tuple, as its str)."""
+    config = config.to_dict() if hasattr(config, "to_dict") else config
+    flat: dict[str, bool | int | float | str] = {}
+
+    def walk(prefix: str, section: Mapping[str, Any]) -> None:
+        for key, value in section.items():
+            name = f"{prefix}{key}"
+            if isinstance(value, Mapping):
+                walk(f"{name}.", value)
+            else:
+                ok = isinstance(value, (bool, int, float, str))
+                flat[name] = value if ok else str(value)
+
+    walk("", config)
+    return flat
 
 
 class _NoBar:
@@ -440,8 +494,46 @@ class BudgetBar:
         self._bar.close()
 
 
-def train_bar(num_steps: int, *, initial: int, time_budget_s: float, started: float, enabled: bool):
-    """The bar of a training run: seconds of the budget when it has one, else steps."""
+class ReportProgress:
+    """`clu.periodic_actions.ReportProgress` behind the bar's interface: every `every_secs` a log
+    line with steps/s, the percentage done and the ETA ("Setting work unit notes: ..."). The
+    loss etc. are in the writer's log lines, so `set_postfix_str` shows nothing; no scalars are
+    written (the loop writes steps_per_sec itself at each log step)."""
+
+    def __init__(self, num_steps: int, *, initial: int = 0, every_secs: float = 60.0):
+        from clu import periodic_actions
+
+        self.report = periodic_actions.ReportProgress(
+            num_train_steps=num_steps, every_secs=every_secs
+        )
+        self.step = initial
+        self.report(initial)  # the first call only starts the clock
+
+    def update(self, k: int = 1) -> None:
+        self.step += k
+        self.report(self.step)
+
+    def set_postfix_str(self, s: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def train_bar(
+    num_steps: int,
+    *,
+    initial: int,
+    time_budget_s: float,
+    started: float,
+    enabled: bool,
+    clu_progress: bool = False,
+):
+    """The progress of a training run on process 0: with a time budget, `BudgetBar` (seconds
+    of the budget); else, with `clu_progress` and CLU's periodic actions importable (they need
+    TensorFlow), CLU's `ReportProgress` log lines; else a tqdm bar of steps."""
     if enabled and time_budget_s:
         return BudgetBar(time_budget_s, started=started, initial_step=initial)
+    if enabled and clu_progress and clu_metric_writers() is not None:
+        return ReportProgress(num_steps, initial=initial)
     return progress_bar(num_steps, initial=initial, enabled=enabled)

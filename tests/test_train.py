@@ -291,3 +291,30 @@ def test_a_relative_workdir_trains_saves_and_resumes(tiny_mnist_dir, tmp_path, m
     assert (tmp_path / "runs" / "rel" / "checkpoints" / "4").is_dir()
     more = tiny_config(tiny_mnist_dir, train__num_steps=6, train__ckpt_every=2)
     assert int(train.train_and_evaluate(more, "runs/rel").step) == 6
+
+
+def test_a_tensorboard_run_logs_through_clu_and_writes_both_files(tiny_mnist_dir, tmp_path):
+    """The CLI with TensorBoard on and TF installed: CLU's writer (its log lines pass the log
+    filter), the parameter table, CLU's progress line, tf.summary events and metrics.jsonl;
+    two steps per compiled call, so the metrics Collection is merged inside the scan's call
+    and across calls."""
+    pytest.importorskip("tensorflow")
+    pytest.importorskip("clu.metric_writers")
+    workdir = tmp_path / "run"
+    args = flags_for(
+        tiny_mnist_dir, train__tensorboard=True, train__steps_per_call=2, train__log_every=4
+    )
+    result = run_main(*args, f"--workdir={workdir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = result.stderr
+    assert "Parameters (ddpm) at step 0" in log and "Total: " in log
+    assert "] examples_per_sec=" in log and "loss_std=" in log  # CLU's LoggingWriter, sorted
+    assert "Setting work unit notes: " in log and "(8/8)" in log  # ReportProgress
+    records = _metrics(workdir)
+    assert [r["step"] for r in records] == [4, 8]
+    assert set(records[0]) == {
+        "step", "loss", "loss_std", "grad_norm", "lr", "steps_per_sec", "examples_per_sec",
+        "heldout_loss",  # step 4 is a checkpoint
+    }  # fmt: skip
+    assert records[0]["loss_std"] > 0
+    assert any(p.name.endswith(".v2") for p in workdir.glob("events.out.tfevents.*"))

@@ -1,9 +1,9 @@
-"""Metric writers: TensorBoard event files without TensorFlow, metrics.jsonl, and a resumed run
-that shows every step once.
+"""Metric writers: TensorBoard event files with CLU's writers (TF present) and without TensorFlow
+(our own), metrics.jsonl in both cases, and a resumed run that shows every step once.
 
-Event files are read back with TensorBoard's own `EventAccumulator`, in a subprocess with
-TensorFlow blocked: that is the reader a TF-free machine has, and it starts in under a second
-(with TF installed, the accumulator would import it: seconds).
+Event files are read back with TensorBoard's own accumulators, in a subprocess with TensorFlow
+blocked: that is the reader a TF-free machine has, and it starts in under a second (with TF
+installed, the accumulator would import it: seconds).
 """
 
 from __future__ import annotations
@@ -56,7 +56,14 @@ def _steps(path: Path) -> list[int]:
     return [json.loads(line)["step"] for line in path.read_text().splitlines()]
 
 
-def test_scalars_and_images_read_back_in_tensorboard(tmp_path) -> None:
+@pytest.fixture
+def tf_free(monkeypatch):
+    """Our TF-free writers, as on a machine without TensorFlow (in this process TF may be
+    importable, which would pick CLU's writers)."""
+    monkeypatch.setattr(writers, "clu_metric_writers", lambda: None)
+
+
+def test_scalars_and_images_read_back_in_tensorboard(tmp_path, tf_free) -> None:
     w = writers.create_writer(str(tmp_path), is_main=True)
     for step in (1, 2, 5):
         w.write_scalars(step, {"loss": 1.0 / step, "lr": 2e-4})
@@ -74,7 +81,7 @@ def test_scalars_and_images_read_back_in_tensorboard(tmp_path) -> None:
     assert _steps(tmp_path / writers.METRICS_FILE) == [1, 2, 5]
 
 
-def test_resume_shows_each_step_once(tmp_path) -> None:
+def test_resume_shows_each_step_once(tmp_path, tf_free) -> None:
     w = writers.create_writer(str(tmp_path), is_main=True)
     for step in range(1, 11):  # the run that is killed after step 10, checkpointed at 6
         w.write_scalars(step, {"loss": float(step)})
@@ -164,7 +171,106 @@ print(type(w.writers[1]).__name__)
     assert events["images"]["samples"] == [[3, 6, 6]]
 
 
-def test_without_tensorboard_falls_back_to_log_lines(tmp_path, monkeypatch, caplog) -> None:
+_BOTH_PATHS = """
+import sys
+if sys.argv[2] == "blocked":
+    sys.modules["tensorflow"] = None  # `import tensorflow` now raises ImportError
+import numpy as np
+from diffusion_jax import writers
+d = sys.argv[1]
+w = writers.create_writer(d, is_main=True, resume_step=0)  # a fresh run, as the loop makes it
+for step in range(1, 11):  # the run that is killed after step 10, checkpointed at 6
+    w.write_scalars(step, {"loss": float(step)})
+w.write_images(4, {"samples": np.zeros((1, 6, 8, 3), np.uint8)})
+w.write_images(10, {"samples": np.zeros((1, 6, 8, 3), np.uint8)})
+w.write_texts(4, {"note": "hello"})
+w.write_hparams({"train.lr": 1e-4, "model.channel_mult": "(1, 2)"})
+w.close()
+first = type(w.writers[0]).__name__
+w = writers.create_writer(d, is_main=True, resume_step=6)
+for step in (7, 8):
+    w.write_scalars(step, {"loss": -float(step)})
+w.close()
+bar = writers.train_bar(10, initial=0, time_budget_s=0, started=0, enabled=True, clu_progress=True)
+bar.update(2)
+bar.close()
+print(first, type(bar).__name__, sys.modules.get("tensorflow") is not None)
+"""
+
+# TensorBoard's plugin loader (what `tensorboard --logdir` reads with): tf.summary's tensors and
+# our simple_values and Summary.Images alike, TF blocked.
+_READ_TENSORS = """
+import json, sys
+sys.modules["tensorflow"] = None
+from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+from tensorboard.util import tensor_util
+acc = EventAccumulator(sys.argv[1], size_guidance={"tensors": 0}, purge_orphaned_data=True)
+acc.Reload()
+out = {}
+for tag in acc.Tags()["tensors"]:
+    meta = acc.SummaryMetadata(tag).plugin_data
+    events = []
+    for e in acc.Tensors(tag):
+        v = tensor_util.make_ndarray(e.tensor_proto)
+        if meta.plugin_name == "images":
+            v = [int(v[0]), int(v[1])]  # width, height
+        elif meta.plugin_name == "text":
+            v = v.reshape(-1)[0].decode()
+        elif meta.plugin_name == "scalars":
+            v = float(v)
+        else:
+            v = sorted(plugin_data_pb2.HParamsPluginData.FromString(meta.content)
+                       .session_start_info.hparams)
+        events.append([e.step, v])
+    out[tag] = {"plugin": meta.plugin_name, "events": events}
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("tensorflow", ["present", "blocked"])
+def test_both_backends_write_the_same_events_and_metrics(tmp_path, tensorflow) -> None:
+    """TF importable: CLU's `create_default_writer` (tf.summary) and `ReportProgress`; TF
+    blocked: our TF-free writer and tqdm. The same calls, read back the same."""
+    if tensorflow == "present":
+        pytest.importorskip("tensorflow")
+        pytest.importorskip("clu.metric_writers")
+    writer, bar, tf_loaded = _run_python(_BOTH_PATHS, str(tmp_path), tensorflow).split()[-3:]
+    if tensorflow == "present":
+        assert (writer, bar, tf_loaded) == ("AsyncMultiWriter", "ReportProgress", "True")
+    else:
+        assert writer == "LoggingWriter" and bar != "ReportProgress" and tf_loaded == "False"
+    events = json.loads(_run_python(_READ_TENSORS, str(tmp_path)).splitlines()[-1])
+    assert events["loss"]["plugin"] == "scalars"
+    expected = [[s, float(s)] for s in range(1, 7)] + [[7, -7.0], [8, -8.0]]
+    assert events["loss"]["events"] == expected  # the dead branch's steps 7-10 are gone
+    assert events["samples"] == {"plugin": "images", "events": [[4, [8, 6]]]}  # not step 10's
+    assert events["note"] == {"plugin": "text", "events": [[4, "hello"]]}
+    hparams = events["_hparams_/session_start_info"]
+    assert hparams["plugin"] == "hparams"
+    assert hparams["events"] == [[0, ["model.channel_mult", "train.lr"]]]
+    path = tmp_path / writers.METRICS_FILE  # written by both
+    assert _steps(path) == list(range(1, 9))
+    assert [r["loss"] for r in writers.read_metrics(str(path))] == [1, 2, 3, 4, 5, 6, -7, -8]
+
+
+def test_hparams_of_a_config_are_flat_and_plain() -> None:
+    import ml_collections
+
+    config = ml_collections.ConfigDict({"train": {"lr": 2e-4, "flip": True}, "model": {}})
+    config.model.channel_mult = (1, 2)
+    config.model.name = None
+    assert writers.hparams_of(config) == {
+        "train.lr": 2e-4,
+        "train.flip": True,
+        "model.channel_mult": "(1, 2)",
+        "model.name": "None",
+    }
+
+
+def test_without_tensorboard_falls_back_to_log_lines(
+    tmp_path, monkeypatch, caplog, tf_free
+) -> None:
     monkeypatch.setitem(sys.modules, "tensorboard.compat.proto", None)
     with caplog.at_level(logging.WARNING):
         w = writers.create_writer(str(tmp_path), is_main=True)

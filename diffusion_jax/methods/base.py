@@ -23,9 +23,10 @@ Orbax item of its own name and restored bit-exactly, like the others.
 The train step is pure and jit-able: `train_step(state, train_data, *, config, static,
 batch_sharding) -> (new_state, metrics)`, where metrics is a dict of float32 scalars. The loop
 compiles `steps_per_call` of them into one call (`lax.scan`), replicates the state, shards the
-batch, donates the state's buffers, logs every metric (window mean; `lr` and names ending in
-`grad_norm`: the last value) and stops with `TrainingDivergedError` when any metric is not
-finite.
+batch, donates the state's buffers, gathers the metrics into a `clu.metrics.Collection` inside
+that call (`diffusion_jax.metrics`; methods stay free of CLU), logs every metric (window mean;
+`lr` and names ending in `grad_norm`: the last value; `loss` also as `loss_std`) and stops with
+`TrainingDivergedError` when any metric is not finite at any step.
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from diffusion_jax import batches, data, images, parallel, pixels, samplers, writers
+from diffusion_jax import batches, data, images, parallel, pixels, records, samplers
 from diffusion_jax import state as state_lib
 from diffusion_jax.course_unet import IMAGE_SIZE, CourseUNet
 from diffusion_jax.errors import UserError
@@ -396,7 +396,7 @@ def report(
     }
     if parallel.is_main_process():
         os.makedirs(out_dir, exist_ok=True)
-        writers.write_json(paths["denoiser.json"], record, indent=1)
+        records.write_json(paths["denoiser.json"], record, indent=1)
         with open(paths["denoiser.md"], "w") as fp:
             fp.write(markdown(record))
         sigmas = [float(s) for s in config.denoiser.eval_sigmas]

@@ -55,7 +55,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from diffusion_jax import data, images, parallel, pixels, writers
+from diffusion_jax import data, images, parallel, pixels
+from diffusion_jax import records as records_lib
 from diffusion_jax import state as state_lib
 from diffusion_jax.batches import TrainData
 from diffusion_jax.errors import UserError
@@ -658,8 +659,8 @@ def report(
         "psnr_db_per_image": {k: [float(x) for x in v] for k, v in p.items()},
         "best_step": [int(s) for s in e["best_step"]],
     }
-    metrics_path = os.path.join(workdir, writers.METRICS_FILE)
-    records = writers.read_metrics(metrics_path) if os.path.isfile(metrics_path) else []
+    metrics_path = os.path.join(workdir, records_lib.METRICS_FILE)
+    records = records_lib.read_metrics(metrics_path) if os.path.isfile(metrics_path) else []
     logged = [r for r in records if isinstance(r.get("psnr_ema"), (int, float))]
     if logged:
         peak = max(logged, key=lambda r: r["psnr_ema"])
@@ -682,7 +683,7 @@ def report(
             step=np.int32(step),
             dataset=np.asarray(config.data.dataset),
         )
-        writers.write_json(paths["json"], summary, indent=1)
+        records_lib.write_json(paths["json"], summary, indent=1)
         rows = [
             f"#{i}: {a:.1f} -> {b:.1f} dB"
             for i, a, b in zip(idx, p["noisy"], p["restored"], strict=True)

@@ -25,7 +25,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from diffusion_jax import checkpoint, writers
+from diffusion_jax import checkpoint, records
 from diffusion_jax.config import base_config
 from diffusion_jax.errors import CheckpointError, UserError
 
@@ -153,7 +153,7 @@ def export(
 ) -> Path:
     """Writes a model folder (`ema.msgpack`, `model.json`, `config.py`) from EMA parameters and
     their checkpoint's meta; `source` (e.g. workdir, checkpoint, quality record) goes into
-    model.json. Each file is written atomically (`writers.replace_file`)."""
+    model.json. Each file is written atomically (`records.replace_file`)."""
     import jax
     from flax import nnx, serialization
 
@@ -163,7 +163,7 @@ def export(
         lambda x: np.asarray(jax.device_get(x), np.float32), nnx.to_pure_dict(params)
     )
     blob = serialization.msgpack_serialize(pure)
-    writers.replace_file(out / WEIGHTS_FILE, blob)
+    records.replace_file(out / WEIGHTS_FILE, blob)
     model = {
         "name": out.name,
         "step": int(step),
@@ -173,6 +173,6 @@ def export(
         "source": dict(source),
         "meta": dict(meta),
     }
-    writers.write_json(out / MODEL_FILE, model, indent=1)
-    writers.replace_file(out / CONFIG_FILE, _CONFIG_PY.format(name=out.name).encode())
+    records.write_json(out / MODEL_FILE, model, indent=1)
+    records.replace_file(out / CONFIG_FILE, _CONFIG_PY.format(name=out.name).encode())
     return out

@@ -372,3 +372,17 @@ def test_validate_names_the_bad_setting():
     c.data.image_size = 30
     with pytest.raises(UserError, match="image_size=30"):
         gan.METHODS["dcgan"].init_state(c)
+
+
+def test_the_generator_ema_averages_its_batchnorm_statistics_too():
+    """With decay d, one step gives EMA = d * before + (1 - d) * after for G's parameters AND
+    its running statistics (the sampler runs averaged weights with averaged statistics)."""
+    config = tiny_config()
+    config.train.ema_decay, config.train.ema_warmup = 0.75, False
+    static, state0 = _init(config)
+    new, _ = _step_fn(config, static)(state0, _train_data(config))
+    after = {"params": new.params["generator"], "batch_stats": new.model_state["generator"]}
+    want = jax.tree.map(lambda e, p: 0.75 * e + 0.25 * p, state0.ema_params, after)
+    close = functools.partial(np.testing.assert_allclose, rtol=1e-6, atol=1e-7)
+    jax.tree.map(close, new.ema_params, want)
+    assert not _equal(new.ema_params["batch_stats"], new.model_state["generator"])

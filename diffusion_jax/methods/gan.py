@@ -21,10 +21,11 @@ every method sees the same images in the same order.
 
 The state (`GANState`): params / opt_state / model_state are {"generator", "discriminator"}
 dicts (parameters, one Adam each, BatchNorm running statistics: empty for the MLP GAN), and
-`ema_params` is what the sampler needs: {"params": the EMA of G's parameters (decay
-`state.ema_decay(config, step)`; the configs set it to 0, so EMA == G), "batch_stats": G's
-running statistics}. The sampler runs G in eval mode (running statistics), z_i =
-normal(fold_in(keys[i], 0), (latent_dim,)), so image i depends on keys[i] alone.
+`ema_params` is what the sampler needs: {"params", "batch_stats"}, the EMA (decay
+`state.ema_decay(config, step)`; the configs set it to 0, so EMA == G) of G's parameters and
+of its BatchNorm running statistics together, as the denoiser's. The sampler runs G in eval
+mode (running statistics), z_i = normal(fold_in(keys[i], 0), (latent_dim,)), so image i depends
+on keys[i] alone.
 """
 
 from __future__ import annotations
@@ -184,7 +185,10 @@ def init_state(
         step=jnp.zeros((), jnp.int32),
         rng=train_key,
         params={"generator": g_params, "discriminator": d_params},
-        ema_params={"params": jax.tree.map(jnp.copy, g_params), "batch_stats": g_stats},
+        ema_params={
+            "params": jax.tree.map(jnp.copy, g_params),
+            "batch_stats": jax.tree.map(jnp.copy, g_stats),
+        },
         opt_state={"generator": tx.init(g_params), "discriminator": tx.init(d_params)},
         model_state={"generator": g_stats, "discriminator": d_stats},
     )
@@ -363,10 +367,12 @@ def train_step(
     )
 
     decay = state_lib.ema_decay(config, state.step)
+    # G's parameters and its BatchNorm statistics averaged together: statistics of the live G
+    # under averaged weights would not match the activations those weights produce.
     ema = jax.tree.map(
         lambda e, p: decay * e + (1.0 - decay) * p,
-        state.ema_params["params"],
-        params["generator"],
+        state.ema_params,
+        {"params": params["generator"], "batch_stats": model_state["generator"]},
     )
     metrics = {
         name: jnp.mean(jnp.stack([m[name] for m in d_metrics]))
@@ -379,7 +385,7 @@ def train_step(
     new_state = state.replace(
         step=state.step + 1,
         params=params,
-        ema_params={"params": ema, "batch_stats": model_state["generator"]},
+        ema_params=ema,
         opt_state=opt_state,
         model_state=model_state,
     )

@@ -7,6 +7,7 @@ value fails before anything is compiled, with a message that names the setting.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import flax.struct
 import jax
@@ -118,6 +119,13 @@ def build_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfor
     t = config.train
     clip = optax.clip_by_global_norm(t.grad_clip) if t.grad_clip > 0 else optax.identity()
     return optax.chain(clip, optax.adam(learning_rate(config), b1=0.9, b2=0.999, eps=1e-8))
+
+
+def ema_update(config: ml_collections.ConfigDict, step: jax.Array, ema: Any, new: Any) -> Any:
+    """decay * ema + (1 - decay) * new, leaf by leaf, with `ema_decay(config, step)`: the one
+    EMA update of every method (parameters, and BatchNorm statistics where a net has them)."""
+    decay = ema_decay(config, step)
+    return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, new)
 
 
 def ema_decay(config: ml_collections.ConfigDict, step: jax.Array) -> jax.Array:

@@ -16,6 +16,7 @@ import pytest
 from flax import nnx
 
 from diffusion_jax import batches, data, parallel, samplers
+from diffusion_jax import state as state_lib
 from diffusion_jax.config import base_config
 from diffusion_jax.errors import UserError
 from diffusion_jax.methods import vae, vae_gan
@@ -235,11 +236,11 @@ def test_ema_update_follows_the_configured_decay():
     config.train.ema_decay = 0.5
     ema, params = {"a": jnp.ones(3)}, {"a": jnp.full(3, 3.0)}
     np.testing.assert_allclose(
-        vae.ema_update(config, jnp.int32(7), ema, params)["a"], 2.0, rtol=1e-6
+        state_lib.ema_update(config, jnp.int32(7), ema, params)["a"], 2.0, rtol=1e-6
     )
     config.train.ema_warmup = True  # min(0.5, (1 + 0) / (10 + 0)) = 0.1 at step 0
     np.testing.assert_allclose(
-        vae.ema_update(config, jnp.int32(0), ema, params)["a"], 2.8, rtol=1e-6
+        state_lib.ema_update(config, jnp.int32(0), ema, params)["a"], 2.8, rtol=1e-6
     )
 
 

@@ -75,8 +75,7 @@ def train_step(
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    decay = state_lib.ema_decay(config, step)
-    ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
+    ema = state_lib.ema_update(config, step, state.ema_params, params)
     metrics = {
         "loss": loss,
         "grad_norm": optax.tree.norm(grads),  # before clipping

@@ -211,9 +211,8 @@ def train_step(
     optimizer = state_lib.build_optimizer(config)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    decay = state_lib.ema_decay(config, step)
     new = {"params": params, "batch_stats": stats}
-    ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, new)
+    ema = state_lib.ema_update(config, step, state.ema_params, new)
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
     new_state = state.replace(
         step=step + 1, params=params, ema_params=ema, opt_state=opt_state, model_state=stats

@@ -366,11 +366,11 @@ def train_step(
         config, static, params, model_state, opt_state, z, dropout_key
     )
 
-    decay = state_lib.ema_decay(config, state.step)
     # G's parameters and its BatchNorm statistics averaged together: statistics of the live G
     # under averaged weights would not match the activations those weights produce.
-    ema = jax.tree.map(
-        lambda e, p: decay * e + (1.0 - decay) * p,
+    ema = state_lib.ema_update(
+        config,
+        state.step,
         state.ema_params,
         {"params": params["generator"], "batch_stats": model_state["generator"]},
     )

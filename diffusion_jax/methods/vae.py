@@ -233,12 +233,6 @@ def build_optimizer(
     return optax.chain(clip, adam)
 
 
-def ema_update(config: ml_collections.ConfigDict, step: jax.Array, ema: Any, params: Any) -> Any:
-    """decay * ema + (1 - decay) * params with `state.ema_decay(config, step)`."""
-    decay = state_lib.ema_decay(config, step)
-    return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
-
-
 def training_batch(
     config: ml_collections.ConfigDict,
     state: State,
@@ -355,7 +349,7 @@ def train_step(
     new_state = state.replace(
         step=state.step + 1,
         params=params,
-        ema_params=ema_update(config, state.step, state.ema_params, params),
+        ema_params=state_lib.ema_update(config, state.step, state.ema_params, params),
         opt_state=opt_state,
     )
     return new_state, metrics

@@ -243,7 +243,7 @@ def train_step(
     new_state = state.replace(
         step=state.step + 1,
         params=params,
-        ema_params=vae.ema_update(config, state.step, state.ema_params, params["vae"]),
+        ema_params=state_lib.ema_update(config, state.step, state.ema_params, params["vae"]),
         opt_state=opt_state,
     )
     return new_state, metrics

@@ -44,7 +44,7 @@ import numpy as np
 from diffusion_jax import diffusion, edit, images, parallel, samplers, sampling, writers
 from diffusion_jax import state as state_lib
 from diffusion_jax.errors import UserError
-from diffusion_jax.pixels import quantize
+from diffusion_jax.pixels import psnr, quantize
 
 DIP_PRIOR_STREAM = 6
 DIP_REPORT = os.path.join("report", "dip.npz")
@@ -100,12 +100,6 @@ def restore(
         rows["one_step_dip"].append(edit.one_step_denoise(denoise_fn, schedule, from_dip[k], t))
     out.update({k: jnp.stack(v) for k, v in rows.items()})
     return out
-
-
-def psnr(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
-    """Per-image PSNR (dB) of model-space images, peak 1 on [0, 1] pixels (4 in [-1, 1]^2)."""
-    mse = np.mean((np.asarray(x, np.float64) - ref) ** 2, axis=tuple(range(1, np.ndim(x))))
-    return 10.0 * np.log10(4.0 / np.maximum(mse, 1e-12))
 
 
 # ---------------------------------------------------------------------------- reading

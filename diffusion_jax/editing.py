@@ -45,7 +45,7 @@ from flax import nnx
 from diffusion_jax import data, diffusion, edit, images, parallel, samplers, sampling, writers
 from diffusion_jax import state as state_lib
 from diffusion_jax.errors import UserError
-from diffusion_jax.pixels import quantize, to_8bit
+from diffusion_jax.pixels import psnr, quantize, to_8bit
 
 EDIT_STREAM = 5
 OUTPUT_DIR = "edit"
@@ -504,12 +504,6 @@ def _stream(config) -> jax.Array:
 
 def _u8(x) -> np.ndarray:
     return quantize(np.asarray(x, np.float32))
-
-
-def psnr(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
-    """Per-image PSNR in dB of [-1, 1] images (peak-to-peak 2, i.e. PSNR on [0, 1] pixels)."""
-    mse = np.mean((np.asarray(x, np.float64) - ref) ** 2, axis=tuple(range(1, np.ndim(x))))
-    return 10 * np.log10(4.0 / np.maximum(mse, 1e-12))
 
 
 # ------------------------------------------------------------------------------ the kinds

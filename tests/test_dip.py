@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from diffusion_jax import batches, dip_prior, samplers
+from diffusion_jax import batches, dip_prior, pixels, samplers
 from diffusion_jax.config import from_sibling
 from diffusion_jax.diffusion import make_schedule
 from diffusion_jax.errors import UserError
@@ -105,8 +105,8 @@ def smooth_run():
 def test_dip_restores_a_smooth_noisy_image(smooth_run):
     config, states, metrics = smooth_run
     e = jax.device_get(states[-1].ema_params)
-    noisy = dip.psnr_np(e["noisy"], e["clean"])
-    restored = dip.psnr_np(e["restored"], e["clean"])
+    noisy = pixels.psnr(e["noisy"], e["clean"])
+    restored = pixels.psnr(e["restored"], e["clean"])
     assert np.all(np.abs(noisy - 20.2) < 0.6)  # sigma 25/255: 20 log10(255 / 25) = 20.2 dB
     assert np.all(restored > noisy + 3.0), (noisy, restored)
     # metrics are the means over images of the same quantities
@@ -124,10 +124,10 @@ def test_output_ema_is_the_originals_recursion(smooth_run):
     outs = [np.asarray(s.ema_params["last"], np.float64) for s in states]
     clean = np.asarray(states[-1].ema_params["clean"], np.float64)
     ema = outs[0]  # out_avg starts at the first output
-    best, best_psnr, best_step = ema, dip.psnr_np(ema, clean), np.ones(len(ema), int)
+    best, best_psnr, best_step = ema, pixels.psnr(ema, clean), np.ones(len(ema), int)
     for n, out in enumerate(outs[1:], start=2):
         ema = w * ema + (1 - w) * out
-        p = dip.psnr_np(ema, clean)
+        p = pixels.psnr(ema, clean)
         better = p > best_psnr
         best = np.where(better[:, None, None, None], ema, best)
         best_psnr, best_step = np.where(better, p, best_psnr), np.where(better, n, best_step)
@@ -278,7 +278,7 @@ def test_report_writes_images_psnr_and_curve(smooth_run, tmp_path):
     with np.load(out["npz"]) as z:
         np.testing.assert_array_equal(z["restored"], np.asarray(e["restored"]))
         np.testing.assert_array_equal(z["clean"], np.asarray(e["clean"]))
-        np.testing.assert_allclose(z["psnr_restored"], dip.psnr_np(e["restored"], e["clean"]))
+        np.testing.assert_allclose(z["psnr_restored"], pixels.psnr(e["restored"], e["clean"]))
         assert z["indices"].tolist() == [0, 1, 2]
         assert float(z["sigma_model"]) == pytest.approx(50 / 255)
     summary = json.loads(Path(out["json"]).read_text())
@@ -328,7 +328,7 @@ def test_restore_returns_the_clean_image_under_an_oracle():
     assert out["sdedit_dip"].shape == (2, 3, 8, 8, 1)
     for name, x in out.items():
         np.testing.assert_allclose(x, np.broadcast_to(clean, x.shape), atol=1e-4, err_msg=name)
-    assert np.all(dip_prior.psnr(np.asarray(out["iterative"]), np.asarray(clean)) > 60)
+    assert np.all(pixels.psnr(np.asarray(out["iterative"]), np.asarray(clean)) > 60)
 
 
 def _fake_dip_report(workdir: Path, size: int) -> None:

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from train_utils import compilation_cache, tiny_config
 
-from diffusion_jax import data, editing, train
+from diffusion_jax import data, editing, pixels, train
 from diffusion_jax.config import base_config
 from diffusion_jax.errors import UserError
 
@@ -184,7 +184,7 @@ def test_denoise_rgb_with_t_scaled_levels(rgb_workdir, rgb_arrays):
     for name in ("noisy", "one_step", "iterative", "blurred"):
         assert arrays[name].shape == (3, 2, 32, 32, 3) and arrays[name].dtype == np.uint8
     # one noise draw per image for every t: the noise grows with t (PSNR against the original)
-    p = [editing.psnr(arrays["noisy"][k] / 127.5 - 1, arrays["original"] / 127.5 - 1) for k in
+    p = [pixels.psnr(arrays["noisy"][k] / 127.5 - 1, arrays["original"] / 127.5 - 1) for k in
          range(3)]  # fmt: skip
     assert np.all(p[0] > p[1]) and np.all(p[1] > p[2])
     for name in ("forward.png", "denoise_t13.png", "denoise_t25.png", "denoise_t38.png",
@@ -216,8 +216,8 @@ def test_sdedit_rgb_files_and_strength_near_zero_returns_the_input(rgb_workdir, 
     assert x[1, 0, 0, 0] > 200 and x[1, 16, 16, 0] < 60
     # strength 0.05 = the last grid step (t = 0): the input back up to the t = 0 noise
     ref = x / 127.5 - 1
-    near = editing.psnr(arrays["outputs"][0] / 127.5 - 1, ref)
-    far = editing.psnr(arrays["outputs"][1] / 127.5 - 1, ref)
+    near = pixels.psnr(arrays["outputs"][0] / 127.5 - 1, ref)
+    far = pixels.psnr(arrays["outputs"][1] / 127.5 - 1, ref)
     assert np.all(near > 25) and np.all(far < 15), (near, far)
     figure = rgb_png(workdir / "edit" / "sdedit.png")
     red = (figure[..., 0] > 220) & (figure[..., 1] < 40) & (figure[..., 2] < 40)

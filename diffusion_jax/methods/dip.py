@@ -61,6 +61,7 @@ from diffusion_jax import state as state_lib
 from diffusion_jax.batches import TrainData
 from diffusion_jax.errors import UserError
 from diffusion_jax.methods.base import REPORT_DIR, Method, step_keys
+from diffusion_jax.pixels import psnr
 
 # fold_in(PRNGKey(seed), stream): the networks' init, the inputs z, the target noise n, state.rng
 NET_STREAM, INPUT_STREAM, NOISE_STREAM, TRAIN_STREAM = 0, 1, 2, 3
@@ -489,12 +490,6 @@ def apply(graphdef: nnx.GraphDef, params: nnx.State, z: jax.Array) -> jax.Array:
     return 2.0 * jax.vmap(one)(params, z) - 1.0
 
 
-def psnr(x: jax.Array, ref: jax.Array) -> jax.Array:
-    """Per-image PSNR (dB) of model-space images against a peak of 1 on [0, 1] pixels."""
-    mse = jnp.mean((x - ref) ** 2, axis=tuple(range(1, x.ndim)))
-    return 10.0 * jnp.log10(4.0 / jnp.maximum(mse, 1e-12))
-
-
 def per_network_norms(tree) -> jax.Array:
     """float32 [K]: the global norm of each network's slice of a stacked pytree."""
     sq = [jnp.sum(jnp.square(x.reshape(x.shape[0], -1)), axis=1) for x in jax.tree.leaves(tree)]
@@ -587,11 +582,6 @@ def _host(tree) -> dict[str, np.ndarray]:
     return {k: np.asarray(parallel.process_allgather(v)) for k, v in tree.items()}
 
 
-def psnr_np(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
-    mse = np.mean((np.asarray(x, np.float64) - ref) ** 2, axis=tuple(range(1, np.ndim(x))))
-    return 10.0 * np.log10(4.0 / np.maximum(mse, 1e-12))
-
-
 def psnr_curve(records: Sequence[dict], path: str, psnr_noisy: float | None = None) -> str | None:
     """PSNR against the step from metrics records: psnr (current output), psnr_ema (the output
     EMA) and the noisy input's level; the EMA's peak marked. None when no record has psnr."""
@@ -642,7 +632,7 @@ def report(
             f"config.dip.indices={config.dip.indices!r} names {len(idx)} images but the "
             f"checkpoint holds {e['clean'].shape[0]}; use the config the run was trained with."
         )
-    p = {k: psnr_np(e[k], e["clean"]) for k in ("noisy", "restored", "last", "best")}
+    p = {k: psnr(e[k], e["clean"]) for k in ("noisy", "restored", "last", "best")}
     out_dir = os.path.join(workdir, REPORT_DIR)
     paths = {
         "npz": os.path.join(out_dir, "dip.npz"),

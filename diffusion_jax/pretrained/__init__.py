@@ -33,6 +33,8 @@ MODELS_DIR = Path(__file__).resolve().parent
 WEIGHTS_FILE = "ema.msgpack"
 MODEL_FILE = "model.json"
 CONFIG_FILE = "config.py"
+# Settings that name folders of the machine that trained: not carried into a model folder
+_MACHINE_PATHS = (("data", "data_dir"), ("fid", "ref_stats"), ("fid", "weights"))
 PREFIX = "pretrained:"  # --checkpoint=pretrained:NAME reads a model folder instead of a workdir
 
 _CONFIG_PY = '''"""The training config of `{name}` (written by --mode=export; see model.json)."""
@@ -152,7 +154,8 @@ def export(
     params: Any, meta: Mapping[str, Any], step: int, out_dir: str | os.PathLike, **source: Any
 ) -> Path:
     """Writes a model folder (`ema.msgpack`, `model.json`, `config.py`) from EMA parameters and
-    their checkpoint's meta; `source` (e.g. workdir, checkpoint, quality record) goes into
+    their checkpoint's meta (less the machine's folders: data.data_dir, fid.ref_stats and
+    fid.weights become None); `source` (e.g. workdir, checkpoint, quality record) goes into
     model.json. Each file is written atomically (`records.replace_file`)."""
     import jax
     from flax import nnx, serialization
@@ -164,6 +167,10 @@ def export(
     )
     blob = serialization.msgpack_serialize(pure)
     records.replace_file(out / WEIGHTS_FILE, blob)
+    meta = json.loads(json.dumps(dict(meta)))  # a copy to edit
+    for section, key in _MACHINE_PATHS:  # this machine's folders mean nothing elsewhere
+        if isinstance(meta.get("config", {}).get(section), dict):
+            meta["config"][section][key] = None
     model = {
         "name": out.name,
         "step": int(step),
@@ -171,7 +178,7 @@ def export(
         "bytes": len(blob),
         "num_params": int(meta.get("num_params", 0)),
         "source": dict(source),
-        "meta": dict(meta),
+        "meta": meta,
     }
     records.write_json(out / MODEL_FILE, model, indent=1)
     records.replace_file(out / CONFIG_FILE, _CONFIG_PY.format(name=out.name).encode())

@@ -231,7 +231,7 @@ def test_tfrecord_data_is_refused_with_advice(tmp_path, tiny_mnist_arrays):
     info = json.loads(info_file.read_text())
     info["fileFormat"] = "tfrecord"
     info_file.write_text(json.dumps(info))
-    with pytest.raises(DataNotFoundError, match="stored as tfrecord.*--overwrite"):
+    with pytest.raises(DataNotFoundError, match="(?s)stored as tfrecord.*--overwrite"):
         data.load_split("mnist", data_dir=str(tmp_path))
 
 

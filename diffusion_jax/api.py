@@ -34,6 +34,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from diffusion_jax import checkpoint as checkpoint_lib
+from diffusion_jax import cpu_devices as cpu_devices_lib
 from diffusion_jax import editing, evaluate, methods, parallel, pretrained, sampling
 from diffusion_jax import state as state_lib
 from diffusion_jax.errors import UserError
@@ -161,9 +162,15 @@ def load(
     *,
     checkpoint: str | int | None = None,
     config: ml_collections.ConfigDict | str | None = None,
+    cpu_devices: str | int = cpu_devices_lib.CPU_DEVICES_AUTO,
 ) -> Pipeline:
-    """A `Pipeline` of a shipped model name, an exported model folder, or a training workdir."""
+    """A `Pipeline` of a shipped model name, an exported model folder, or a training workdir.
+
+    On a CPU, the first `load` before any JAX computation splits the host into `cpu_devices`
+    JAX devices (as the CLI's --cpu_devices; "auto": twice the cores, at most 8), which about
+    doubles sampling speed on two cores; after JAX has started, "auto" changes nothing."""
     value = os.fspath(source)
+    cpu_devices_lib.use_cpu_devices(str(cpu_devices), [])
     mesh = parallel.make_mesh()
     model_folder = (
         value in pretrained.available() or (Path(value) / pretrained.MODEL_FILE).is_file()

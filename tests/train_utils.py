@@ -69,8 +69,11 @@ def subprocess_env(devices: int | None = None) -> dict[str, str]:
     env["JAX_COMPILATION_CACHE_DIR"] = str(JAX_CACHE)
     env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     env.pop("XLA_FLAGS", None)
+    env.pop("JAX_NUM_CPU_DEVICES", None)
     if devices:
         env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    else:  # one device, as the tests' own process has (not --cpu_devices=auto's split)
+        env["JAX_NUM_CPU_DEVICES"] = "1"
     return env
 
 

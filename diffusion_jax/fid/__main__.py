@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from diffusion_jax import cpu_devices
 from diffusion_jax.errors import UserError, blocking_file
 from diffusion_jax.pixels import WIDE_MODES, to_8bit
 
@@ -212,6 +213,17 @@ def _check_output(flag: str, path: str | None) -> None:
         raise UserError(f"--{flag}={path} lies under {blocker}, which is a file, not a folder.")
 
 
+def _batch_sharding(batch_size: int):  # noqa: ANN202 - a jax Sharding or None
+    """Each batch split over all local devices when they divide it (else one device)."""
+    import jax
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    devices = jax.local_devices()
+    if len(devices) < 2 or batch_size % len(devices):
+        return None
+    return NamedSharding(Mesh(np.array(devices), ("d",)), PartitionSpec("d"))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m diffusion_jax.fid",
@@ -228,14 +240,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--save_stats_b", default=None, help="write B's statistics here (.npz)")
     ap.add_argument("--allow_unlabeled_stats", action="store_true")
     ap.add_argument("--no_progress", action="store_true")
+    ap.add_argument(
+        "--cpu_devices",
+        default=cpu_devices.CPU_DEVICES_AUTO,
+        help="JAX devices to split the host CPU into, each taking a slice of every batch "
+        "(auto: up to twice the cores, at most 8, that divide --batch_size; no effect on GPUs)",
+    )
     args = ap.parse_args(argv)
     try:
+        cpu_devices.use_cpu_devices(args.cpu_devices, [args.batch_size])
         from diffusion_jax.fid import FeatureExtractor, fid_from_statistics, save_statistics
 
         inputs = [_open_input(args.a), _open_input(args.b)]  # both checked before any work
         for flag in ("save_stats_a", "save_stats_b"):
             _check_output(flag, getattr(args, flag))
-        extractor = FeatureExtractor(args.weights, args.protocol, args.batch_size)
+        extractor = FeatureExtractor(
+            args.weights, args.protocol, args.batch_size, _batch_sharding(args.batch_size)
+        )
         sa, sb = (_statistics(found, extractor, args) for found in inputs)
         for path, s in ((args.save_stats_a, sa), (args.save_stats_b, sb)):
             if path:

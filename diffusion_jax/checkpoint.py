@@ -211,6 +211,11 @@ def item_names(state: Any | None) -> tuple[str, ...]:
     return STATE_ITEMS if state is None else tuple(_state_items(state))
 
 
+# Key of a checkpoint's meta holding the training time up to it (wall and CPU seconds of the
+# process(es), summed over resumes): time budgets and quality records count it, not one run's.
+TRAIN_CLOCK = "train_clock"
+
+
 class Checkpoints:
     """The run's checkpoints in `workdir`: save, restore latest/step/best, wait for saves.
 

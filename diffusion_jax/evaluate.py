@@ -457,6 +457,7 @@ def run_eval(
         evaluator = Evaluator.create(config, mesh, config_file=config_file)
     first: list[np.ndarray] = []
     record = evaluator.record(params, step, num_samples=n, progress=is_main, first=first)
+    record.update(sampling.training_of(workdir, checkpoint, step))
     record["wall_s"] = round(time.perf_counter() - started, 2)
     if is_main:
         grid_path = Path(workdir) / OUTPUT_DIR / f"samples_{step}.png"

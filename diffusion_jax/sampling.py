@@ -230,6 +230,30 @@ def load_ema_params(
         ckpts.close()
 
 
+def training_of(workdir: str, which: str | int | None, step: int) -> dict[str, Any]:
+    """How the weights of checkpoint `step` (or of a "pretrained:" model) were trained: steps,
+    images seen and the training clock over every resume (wall and CPU seconds; absent for
+    checkpoints written before the clock was kept). For eval and quality records."""
+    if isinstance(which, str) and which.startswith(pretrained.PREFIX):
+        meta = pretrained.read_model(pretrained.resolve(which[len(pretrained.PREFIX) :]))["meta"]
+    else:
+        ckpts = checkpoint.Checkpoints(workdir, read_only=True)
+        try:
+            meta = ckpts.read_meta(step, best=which == "best")
+        finally:
+            ckpts.close()
+    batch = (meta.get("config") or {}).get("train", {}).get("batch_size")
+    clock = meta.get(checkpoint.TRAIN_CLOCK) or {}
+    out: dict[str, Any] = {"train_steps": int(step)}
+    if batch:
+        out["images_seen"] = int(step) * int(batch)
+    if "wall_s" in clock:
+        out["train_wall_s"] = round(float(clock["wall_s"]), 2)
+    if "cpu_s" in clock:
+        out["train_cpu_s"] = round(float(clock["cpu_s"]), 2)
+    return out
+
+
 def export(
     config: ml_collections.ConfigDict, workdir: str, out_dir: str, which: str | None = None
 ) -> str:

@@ -335,7 +335,7 @@ def train_and_evaluate(
         else:
             saved = ckpts.read_meta(int(state.step))
             # The clocks go on from the checkpoint's: a time budget spans resumes.
-            clock = saved.get(TRAIN_CLOCK) or {}
+            clock = saved.get(checkpoint.TRAIN_CLOCK) or {}
             started -= float(clock.get("wall_s", 0.0))
             cpu_started -= float(clock.get("cpu_s", 0.0))
             changed = checkpoint.config_differences(saved.get("config", {}), meta["config"])
@@ -381,12 +381,12 @@ class _Run:
     meta: dict
     is_main: bool
     # time.monotonic() / time.process_time() at the start, less the training time of the runs
-    # before a resume (the checkpoint's TRAIN_CLOCK): the time budget counts from here
+    # before a resume (the checkpoint's checkpoint.TRAIN_CLOCK): the time budget counts from here
     started: float
     cpu_started: float
 
     def meta_now(self) -> dict:
-        return {**self.meta, TRAIN_CLOCK: self.clock()}
+        return {**self.meta, checkpoint.TRAIN_CLOCK: self.clock()}
 
     def clock(self) -> dict[str, float]:
         """Training time so far, over every run of this workdir (saved in each checkpoint)."""
@@ -395,10 +395,6 @@ class _Run:
             "cpu_s": round(time.process_time() - self.cpu_started, 3),
         }
 
-
-# Key of a checkpoint's meta holding the training time up to it (wall and CPU seconds of the
-# process(es), summed over resumes): time budgets and quality records count it, not one run's.
-TRAIN_CLOCK = "train_clock"
 
 # Calls dispatched ahead of the one known finished. JAX dispatches asynchronously, so without a
 # bound the host runs up to `log_every` steps ahead of the device: the progress bar and the time
@@ -450,6 +446,16 @@ def _loop(
         enabled=is_main,
         clu_progress=t.tensorboard,  # with TensorBoard on, CLU's progress lines when TF is there
     )
+    profiler = None
+    if t.profile_steps > 0 and is_main:  # one trace, after the compile, in whole calls
+        k0 = t.steps_per_call
+        first = -(-(step + max(int(t.profile_start), 1)) // k0) * k0
+        profiler = writers.Profiler(
+            workdir, first=first, num_steps=int(t.profile_steps),
+            wait=parallel.wait_for_computations,
+        )  # fmt: skip
+        logging.info("Profiling steps %d-%d into %s/plugins/profile/.", first,
+                     first + t.profile_steps, workdir)  # fmt: skip
     window = None  # the metrics Collection of the calls since the last log line (on device)
     in_flight: collections.deque = collections.deque(maxlen=_IN_FLIGHT + 1)
     last_log_step, last_log_time = step, time.monotonic()
@@ -468,6 +474,8 @@ def _loop(
             if len(in_flight) > _IN_FLIGHT:  # bound async dispatch: see _IN_FLIGHT
                 jax.block_until_ready(in_flight[0])
             bar.update(k)
+            if profiler is not None:
+                profiler(step)
 
             reason = None
             if not multi or step % t.log_every == 0:  # agreeing costs a collective
@@ -494,7 +502,8 @@ def _loop(
                 last_log_step, last_log_time = step, now
                 scalars.update(steps_per_sec=rate, examples_per_sec=rate * t.batch_size)
                 if save and heldout_loss is not None:  # of the EMA, at every checkpoint
-                    scalars["heldout_loss"] = heldout_loss(state.ema_params)
+                    losses = heldout_loss(state.ema_params)
+                    scalars.update(metrics_lib.heldout_scalars(losses))
                 writer.write_scalars(step, scalars)
                 shown = "loss" if "loss" in scalars else next(iter(scalars))
                 bar.set_postfix_str(f"{shown}={scalars[shown]:.4f}")
@@ -525,6 +534,8 @@ def _loop(
                 break
         writer.flush()
     finally:
+        if profiler is not None:
+            profiler.stop()
         bar.close()
         writer.close()
     if jax.process_count() > 1:
@@ -543,16 +554,6 @@ def _loop(
 
 
 QUALITY_FILE = "quality.json"
-
-
-def training_clock(workdir: str, step: int) -> dict[str, float]:
-    """Training wall and CPU seconds up to `step`'s checkpoint, over every resume (empty for
-    checkpoints written before the clock was kept)."""
-    ckpts = checkpoint.Checkpoints(workdir, read_only=True)
-    try:
-        return dict(ckpts.read_meta(step).get(TRAIN_CLOCK) or {})
-    finally:
-        ckpts.close()
 
 
 def train_and_eval(
@@ -587,13 +588,9 @@ def train_and_eval(
     )
     with StopRequest(when="during the final FID", note=intact):
         record = evaluate.run_eval(config, workdir, evaluator=evaluator)
-    clock = training_clock(workdir, int(state.step))
+    record.setdefault("train_wall_s", round(train_wall, 2))  # a checkpoint without a clock
     record.update(
-        train_wall_s=round(clock.get("wall_s", train_wall), 2),
-        train_cpu_s=clock.get("cpu_s"),
         this_run_train_wall_s=round(train_wall, 2),
-        train_steps=int(state.step),
-        images_seen=int(state.step) * int(config.train.batch_size),
         time_budget_s=float(config.train.time_budget_s),
         total_wall_s=round(time.monotonic() - started, 2),
     )

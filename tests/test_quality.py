@@ -42,7 +42,7 @@ def test_quality_run_stops_at_budget_then_evaluates(tmp_path, tiny_mnist_dir, fi
     assert np.isfinite(record["fid"]["tf"]) and record["num_samples"] == 8
     assert record["image_indices"] == [0, 8] and record["sample_stream"] == 2
     assert result.stderr.count("FID evaluator ready") == 1  # built once: periodic + final eval
-    for key in ("sampler", "steps", "device", "train_wall_s", "time_budget_s", "wall_s"):
+    for key in ("sampler", "steps", "device", "train_wall_s", "train_cpu_s", "time_budget_s"):
         assert key in record
     # What was run, without the command: config file, data, schedule, model size, batch, sampler.
     assert record["config_file"].endswith("configs/tiny.py") and record["method"] == "ddpm"
@@ -56,3 +56,7 @@ def test_quality_run_stops_at_budget_then_evaluates(tmp_path, tiny_mnist_dir, fi
     assert record["samples_grid"] == str(grid) and grid.stat().st_size > 0
     assert (workdir / "fid_vs_time.png").stat().st_size > 0
     assert (workdir / "checkpoints" / str(record["train_steps"])).is_dir()
+    # the eval record of that step says how its weights were trained, as quality.json does
+    evaluated = json.loads((workdir / "eval" / f"fid_{record['train_steps']}.json").read_text())
+    for key in ("train_steps", "images_seen", "train_wall_s", "train_cpu_s"):
+        assert evaluated[key] == record[key], key

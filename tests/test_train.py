@@ -17,7 +17,7 @@ from train_utils import (
     tiny_config,
 )
 
-from diffusion_jax import checkpoint, parallel, train
+from diffusion_jax import checkpoint, parallel, sampling, train, writers
 from diffusion_jax import state as state_lib
 
 
@@ -255,8 +255,9 @@ def test_a_time_budget_spans_resumes(tiny_mnist_dir, tmp_path, caplog, monkeypat
     resumed run counts its budget from there, and one whose budget is spent loads nothing."""
     config = tiny_config(tiny_mnist_dir, train__num_steps=1000, train__time_budget_s=1e-3)
     train.train_and_evaluate(config, str(tmp_path))  # stops at step 1 (the budget)
-    first = train.training_clock(str(tmp_path), 1)
-    assert first["wall_s"] > 0 and first["cpu_s"] > 0
+    first = sampling.training_of(str(tmp_path), None, 1)
+    assert first["train_wall_s"] > 0 and first["train_cpu_s"] > 0
+    assert first["train_steps"] == 1 and first["images_seen"] == config.train.batch_size
     from train_utils import snapshot
 
     before = snapshot(tmp_path)
@@ -267,7 +268,7 @@ def test_a_time_budget_spans_resumes(tiny_mnist_dir, tmp_path, caplog, monkeypat
 
     monkeypatch.setattr(train, "load_train_data", no_data)
     spent = tiny_config(
-        tiny_mnist_dir, train__num_steps=1000, train__time_budget_s=first["wall_s"] * 0.99
+        tiny_mnist_dir, train__num_steps=1000, train__time_budget_s=first["train_wall_s"] * 0.99
     )
     assert int(train.train_and_evaluate(spent, str(tmp_path)).step) == 1
     assert "Nothing to train" in caplog.text and "time_budget_s" in caplog.text
@@ -275,11 +276,11 @@ def test_a_time_budget_spans_resumes(tiny_mnist_dir, tmp_path, caplog, monkeypat
 
     monkeypatch.setattr(train, "load_train_data", real)
     more = tiny_config(
-        tiny_mnist_dir, train__num_steps=2, train__time_budget_s=first["wall_s"] + 3600
+        tiny_mnist_dir, train__num_steps=2, train__time_budget_s=first["train_wall_s"] + 3600
     )
     assert int(train.train_and_evaluate(more, str(tmp_path)).step) == 2
     second = train.training_clock(str(tmp_path), 2)
-    assert second["wall_s"] > first["wall_s"] and second["cpu_s"] > first["cpu_s"]
+    assert second["wall_s"] > first["train_wall_s"] and second["cpu_s"] > first["cpu_s"]
 
 
 def test_a_relative_workdir_trains_saves_and_resumes(tiny_mnist_dir, tmp_path, monkeypatch):
@@ -314,7 +315,31 @@ def test_a_tensorboard_run_logs_through_clu_and_writes_both_files(tiny_mnist_dir
     assert [r["step"] for r in records] == [4, 8]
     assert set(records[0]) == {
         "step", "loss", "loss_std", "grad_norm", "lr", "steps_per_sec", "examples_per_sec",
-        "heldout_loss",  # step 4 is a checkpoint
+        "heldout_loss", "heldout_loss_std",  # step 4 is a checkpoint
     }  # fmt: skip
     assert records[0]["loss_std"] > 0
     assert any(p.name.endswith(".v2") for p in workdir.glob("events.out.tfevents.*"))
+
+
+@pytest.mark.parametrize("through_clu", [True, False])
+def test_profile_steps_write_one_trace_for_tensorboard(
+    tiny_mnist_dir, tmp_path, monkeypatch, through_clu
+):
+    """config.train.profile_steps: one trace of those steps after the compile, into
+    workdir/plugins/profile/<run>/ (TensorBoard's Profile tab), through CLU's Profile where
+    CLU's periodic actions import, else jax.profiler; a run that ends inside the trace closes it."""
+    if through_clu:
+        pytest.importorskip("tensorflow")
+    else:
+        monkeypatch.setattr(writers, "clu_metric_writers", lambda: None)
+    config = tiny_config(
+        tiny_mnist_dir, train__num_steps=4, train__profile_steps=2, train__profile_start=1
+    )
+    train.train_and_evaluate(config, str(tmp_path / "a"))
+    traces = list((tmp_path / "a" / "plugins" / "profile").glob("*/*.xplane.pb"))
+    assert len(traces) == 1 and traces[0].stat().st_size > 0
+    longer = tiny_config(
+        tiny_mnist_dir, train__num_steps=2, train__profile_steps=50, train__profile_start=1
+    )
+    train.train_and_evaluate(longer, str(tmp_path / "b"))  # ends inside the trace
+    assert len(list((tmp_path / "b" / "plugins" / "profile").glob("*/*.xplane.pb"))) == 1

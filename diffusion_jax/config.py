@@ -102,6 +102,10 @@ def base_config() -> ml_collections.ConfigDict:
     t.steps_per_call = 1
     t.time_budget_s = 0.0  # > 0: stop, checkpoint and return after this many seconds
     t.tensorboard = True  # TensorBoard event files (tensorboard package; no TF needed)
+    # > 0: one profiler trace of this many steps, from step profile_start of the run (after
+    # the compile), into workdir/plugins/profile/ (TensorBoard's Profile tab; writers.Profiler)
+    t.profile_steps = 0
+    t.profile_start = 10
 
     c.sample = s = ml_collections.ConfigDict()
     s.num_samples = 64  # --mode=sample writes this many to samples.npz

@@ -23,7 +23,7 @@ from jax.sharding import Mesh
 from diffusion_jax import data, diffusion, parallel, samplers
 
 HELDOUT_STREAM = 4  # fold_in(PRNGKey(config.seed), HELDOUT_STREAM) seeds the held-out noise
-HeldoutLoss = Callable[[nnx.State], float]
+HeldoutLoss = Callable[[nnx.State], np.ndarray]
 
 
 def timestep_grid(num_timesteps: int, count: int) -> np.ndarray:
@@ -58,7 +58,9 @@ def make_heldout_loss(
     graphdef: nnx.GraphDef,
     schedule: diffusion.Schedule,
 ) -> HeldoutLoss | None:
-    """`fn(params) -> float`, the held-out eps-MSE, compiled once; None when switched off.
+    """`fn(params) -> [grid, n]` held-out eps-MSEs (host) of the n images at each timestep of
+    the grid, compiled once; None when switched off. The loop logs their mean and spread
+    (`metrics.heldout_scalars`).
 
     Class-conditional models see the images' true labels. Every process must call it (the
     images are replicated and the batch is split over all devices when it divides).
@@ -91,16 +93,16 @@ def make_heldout_loss(
             def eps_fn(x_t, t):
                 return diffusion.eps_from_output(schedule, x_t, t, model(x_t, t, y), prediction)
 
-            return jnp.mean(diffusion.loss_at(schedule, eps_fn, x, t, noise))
+            return diffusion.loss_at(schedule, eps_fn, x, t, noise)
 
-        return jnp.mean(jax.lax.map(at, jnp.arange(len(grid))))
+        return jax.lax.map(at, jnp.arange(len(grid)))
 
     compiled = jax.jit(loss, in_shardings=(replicated, replicated, replicated),
                        out_shardings=replicated)  # fmt: skip
     x_dev = parallel.global_array(images, replicated, images.shape)
     y_dev = parallel.global_array(labels.astype(np.int32), replicated, labels.shape)
 
-    def heldout_loss(params: nnx.State) -> float:
-        return float(parallel.process_allgather(compiled(params, x_dev, y_dev)))
+    def heldout_loss(params: nnx.State) -> np.ndarray:
+        return parallel.process_allgather(compiled(params, x_dev, y_dev))
 
     return heldout_loss

@@ -133,6 +133,21 @@ def summarize(
     return scalars, (int(bad.step), values)
 
 
+# The held-out metrics of a checkpoint (`heldout`, `methods.vae`): the mean of the per-example
+# (DDPM: per image and timestep) losses and their spread, computed inside the compiled function.
+HeldoutMetrics = clu_metrics.Collection.create(
+    heldout_loss=clu_metrics.Average.from_output("loss"),
+    heldout_loss_std=Std.from_output("loss"),
+)
+
+
+def heldout_scalars(losses: np.ndarray) -> dict[str, float]:
+    """{"heldout_loss": mean, "heldout_loss_std": spread} of a method's held-out per-example
+    losses (any shape, fetched from the devices), through `HeldoutMetrics`."""
+    collection = HeldoutMetrics.single_from_model_output(loss=jnp.asarray(losses).reshape(-1))
+    return {name: float(v) for name, v in jax.device_get(collection.compute()).items()}
+
+
 def _key_name(key) -> str:
     for attr in ("key", "name", "idx"):  # DictKey, GetAttrKey, SequenceKey
         if hasattr(key, attr):

@@ -110,15 +110,26 @@ def learning_rate(config: ml_collections.ConfigDict) -> optax.Schedule:
     return after
 
 
-def build_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """Adam behind optional global-norm clipping.
+def adam(
+    config: ml_collections.ConfigDict, b1: float = 0.9, b2: float = 0.999, *, clip: bool = True
+) -> optax.GradientTransformation:
+    """Adam (eps 1e-8) at `config.train`'s learning rate (warm-up, decay), behind global-norm
+    clipping at `config.train.grad_clip` unless `clip=False` (a method that clips per network).
 
-    `identity` stands in for a disabled clip so the optimizer state has the same structure
-    either way (a checkpoint restores whether or not clipping is on).
+    A disabled clip (grad_clip = 0) is `identity`, so the optimizer state has the same
+    structure either way (a checkpoint restores whether or not clipping is on). Every method's
+    optimizer is this one, with its own betas.
     """
-    t = config.train
-    clip = optax.clip_by_global_norm(t.grad_clip) if t.grad_clip > 0 else optax.identity()
-    return optax.chain(clip, optax.adam(learning_rate(config), b1=0.9, b2=0.999, eps=1e-8))
+    opt = optax.adam(learning_rate(config), b1=float(b1), b2=float(b2), eps=1e-8)
+    if not clip:
+        return opt
+    g = config.train.grad_clip
+    return optax.chain(optax.clip_by_global_norm(g) if g > 0 else optax.identity(), opt)
+
+
+def build_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """DDPM's optimizer: `adam` with Ho et al.'s betas, clipped."""
+    return adam(config)
 
 
 def ema_update(config: ml_collections.ConfigDict, step: jax.Array, ema: Any, new: Any) -> Any:
@@ -424,7 +435,7 @@ def _validate(config: ml_collections.ConfigDict) -> None:
         t.best_metric,
         "needs config.train.heldout_examples > 0",
     )
-    for name in ("heldout_examples", "heldout_timesteps"):
+    for name in ("heldout_examples", "heldout_timesteps", "profile_steps", "profile_start"):
         value = t[name]
         ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
         _check(ok, f"train.{name}", value, "must be an integer >= 0")

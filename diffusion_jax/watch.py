@@ -47,6 +47,7 @@ import numpy as np
 from flax import nnx
 
 from diffusion_jax import checkpoint, evaluate, methods, parallel, writers
+from diffusion_jax import metrics as metrics_lib
 from diffusion_jax.errors import CheckpointError, UserError
 
 DEFAULT_TIMEOUT_S = 3600.0
@@ -54,15 +55,16 @@ POLL_S = 5.0
 RESTORE_ATTEMPTS = 3
 LOCK_FILE = "watch.lock"  # in workdir/eval: held by the one watcher of a workdir
 
-Metric = Callable[[nnx.State], float]  # EMA parameters -> value
+Metric = Callable[[nnx.State], dict[str, float]]  # EMA parameters -> {name: value}
 EvaluateParams = Callable[[nnx.State, int], dict]  # (EMA parameters, step) -> record
 
 
 def extra_metrics(config: ml_collections.ConfigDict, mesh, static: Any) -> dict[str, Metric]:
-    """Per-checkpoint metrics besides FID, each stored in the record under its name (built once,
-    before the first checkpoint). Adding a metric is one entry here."""
+    """Per-checkpoint metrics besides FID, each value stored in the record under its name
+    (built once, before the first checkpoint). Adding a metric is one entry here."""
     method = methods.get(config)
-    metrics = {"heldout_loss": method.heldout and method.heldout(config, mesh, static)}
+    heldout = method.heldout and method.heldout(config, mesh, static)
+    metrics = {"heldout": heldout and (lambda p: metrics_lib.heldout_scalars(heldout(p)))}
     return {name: fn for name, fn in metrics.items() if fn is not None}  # None: switched off
 
 
@@ -261,7 +263,7 @@ def make_evaluate_params(
 
     def evaluate_params(params: nnx.State, step: int) -> dict:
         record = evaluator.record(params, step)
-        values = {name: float(fn(params)) for name, fn in metrics.items()}
+        values = {name: v for fn in metrics.values() for name, v in fn(params).items()}
         record["metrics"] = values
         record.update(values)
         return record

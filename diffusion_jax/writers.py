@@ -36,7 +36,7 @@ import math
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import numpy as np
@@ -518,6 +518,50 @@ class ReportProgress:
 
     def close(self) -> None:
         pass
+
+
+class Profiler:
+    """One trace of `num_steps` training steps from step `first` into `logdir`, called with the
+    step after each update: `clu.periodic_actions.Profile` where CLU's periodic actions import
+    (they need TensorFlow), else `jax.profiler` directly. Either way the trace stops only
+    after the traced steps' computations have finished (`wait`), and TensorBoard's Profile tab
+    reads it from `logdir/plugins/profile/<run>/`."""
+
+    def __init__(self, logdir: str, *, first: int, num_steps: int, wait: Callable[[], None]):
+        self.logdir, self.first, self.last, self.wait = logdir, first, first + num_steps, wait
+        self.clu = None
+        self.running = False
+        if clu_metric_writers() is not None:
+            from clu import periodic_actions
+
+            self.clu = periodic_actions.Profile(
+                logdir=logdir, num_profile_steps=num_steps, profile_duration_ms=None,
+                first_profile=first, every_steps=None, every_secs=None,
+            )  # fmt: skip
+
+    def __call__(self, step: int) -> None:
+        import jax
+
+        if self.running and step >= self.last:
+            self.wait()  # the traced steps' computations, not only their dispatch
+        if self.clu is not None:
+            self.clu(step)  # starts at `first`, stops `num_steps` steps later
+            self.running = self.first <= step < self.last
+        elif not self.running and self.first <= step < self.last:
+            jax.profiler.start_trace(self.logdir)
+            self.running = True
+        elif self.running and step >= self.last:
+            jax.profiler.stop_trace()
+            self.running = False
+
+    def stop(self) -> None:
+        """Ends a trace still running (the run stopped inside it)."""
+        import jax
+
+        if self.running:
+            self.wait()
+            jax.profiler.stop_trace()
+            self.running = False
 
 
 def train_bar(

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from train_utils import compilation_cache, tiny_config
 
-from diffusion_jax import checkpoint, heldout, methods, parallel, train
+from diffusion_jax import checkpoint, heldout, methods, metrics, parallel, train
 from diffusion_jax import state as state_lib
 
 
@@ -37,15 +37,23 @@ def test_heldout_loss_is_deterministic_and_moves_with_the_parameters(tiny_mnist_
     graphdef, state = state_lib.init_train_state(config, parallel.replicated(mesh))
     schedule = state_lib.build_schedule(config)
     fn = heldout.make_heldout_loss(config, mesh, graphdef, schedule)
-    a, b = fn(state.params), fn(state.params)
-    assert a == b and np.isfinite(a)
+    losses = fn(state.params)
+    grid, n = config.train.heldout_timesteps, config.train.heldout_examples
+    assert losses.shape == (grid, n) and np.isfinite(losses).all()
+    np.testing.assert_array_equal(fn(state.params), losses)
+    # What the loop logs: the mean and spread over images and timesteps, through clu.metrics.
+    scalars = metrics.heldout_scalars(losses)
+    assert set(scalars) == {"heldout_loss", "heldout_loss_std"}
+    a = scalars["heldout_loss"]
+    np.testing.assert_allclose(a, losses.mean(dtype=np.float64), rtol=1e-6)
+    np.testing.assert_allclose(scalars["heldout_loss_std"], losses.std(dtype=np.float64), rtol=1e-4)
     # A fresh U-Net predicts eps ~ 0 (zero-init output), so the eps-MSE is ~E[eps^2] = 1.
     assert 0.9 < a < 1.1, a
     moved = jax.tree.map(lambda p: p + 0.01, state.params)
-    assert fn(moved) != a
-    # A second build (a new process, a restart) gives the same number.
+    assert not np.array_equal(fn(moved), losses)
+    # A second build (a new process, a restart) gives the same numbers.
     again = heldout.make_heldout_loss(config, mesh, graphdef, schedule)
-    assert again(state.params) == a
+    np.testing.assert_array_equal(again(state.params), losses)
     config.train.heldout_examples = 0
     assert heldout.make_heldout_loss(config, mesh, graphdef, schedule) is None
 

@@ -37,6 +37,7 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 
 from diffusion_jax.batches import TrainData
 
@@ -86,9 +87,10 @@ class Method:
     sampler: Callable[..., SampleFn]
     # > 0: the sampler takes class labels (image i gets class i % num_classes)
     num_classes: Callable[[ml_collections.ConfigDict], int] = _no_classes
-    # (config, mesh, static) -> fn(ema_params) -> float, a held-out metric logged at every
-    # checkpoint as "heldout_loss" (lower is better); None: the method has none.
-    heldout: Callable[..., Callable[[Any], float] | None] | None = None
+    # (config, mesh, static) -> fn(ema_params) -> per-example held-out losses (host array):
+    # the loop logs their mean, "heldout_loss" (lower is better), and spread at every
+    # checkpoint (`metrics.heldout_scalars`); None: the method has none.
+    heldout: Callable[..., Callable[[Any], np.ndarray] | None] | None = None
     # the metric that picks workdir/best when config.train.best_metric == "auto" and no
     # periodic FID runs (None: keep no best checkpoint without FID)
     best_metric: str | None = "loss"

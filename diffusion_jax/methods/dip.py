@@ -413,7 +413,7 @@ def clean_images(config: ml_collections.ConfigDict, train_data: TrainData) -> ja
 def build_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
     """Adam (PyTorch's defaults, the original's) at `config.train.lr` (with its warmup, if any).
     Clipping is done per network in `train_step`, not here (a global norm would couple them)."""
-    return optax.adam(state_lib.learning_rate(config), b1=0.9, b2=0.999, eps=1e-8)
+    return state_lib.adam(config, clip=False)
 
 
 def _abstract_network(config: ml_collections.ConfigDict) -> tuple[nnx.GraphDef, nnx.State]:

@@ -161,10 +161,7 @@ def build_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfor
     """Adam(config.train.lr, gan.b1, gan.b2) behind optional global-norm clipping (identity
     when config.train.grad_clip = 0, so the state's structure is the same either way); each
     player has its own state of it."""
-    t, s = config.train, config.gan
-    clip = optax.clip_by_global_norm(t.grad_clip) if t.grad_clip > 0 else optax.identity()
-    adam = optax.adam(state_lib.learning_rate(config), b1=s.b1, b2=s.b2, eps=1e-8)
-    return optax.chain(clip, adam)
+    return state_lib.adam(config, config.gan.b1, config.gan.b2)
 
 
 def init_state(

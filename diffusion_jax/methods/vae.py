@@ -49,11 +49,11 @@ from jax.sharding import Mesh
 from diffusion_jax import batches, data, parallel, samplers
 from diffusion_jax import state as state_lib
 from diffusion_jax.errors import UserError
+from diffusion_jax.heldout import HELDOUT_STREAM
 from diffusion_jax.methods.base import Method, SampleFn, step_keys
 
 RECONS = ("mse", "bce")
 IMAGE_SIZES = (28, 32)
-HELDOUT_STREAM = 4  # fold_in(PRNGKey(config.seed), HELDOUT_STREAM) seeds the held-out noise
 PRIOR_STREAM = 0  # z_i = normal(fold_in(keys[i], PRIOR_STREAM)) for sample i
 
 
@@ -227,10 +227,7 @@ def build_optimizer(
 
     `identity` stands in for a disabled clip so the state's structure is the same either way.
     """
-    t = config.train
-    clip = optax.clip_by_global_norm(t.grad_clip) if t.grad_clip > 0 else optax.identity()
-    adam = optax.adam(state_lib.learning_rate(config), b1=float(s.b1), b2=float(s.b2), eps=1e-8)
-    return optax.chain(clip, adam)
+    return state_lib.adam(config, s.b1, s.b2)
 
 
 def training_batch(
@@ -421,8 +418,8 @@ def make_heldout_loss(
     mesh: Mesh,
     graphdef: nnx.GraphDef,
     s: ml_collections.ConfigDict,
-) -> Callable[[Any], float] | None:
-    """`fn(vae_params) -> float`: the mean per-image loss (recon + beta * KL) of the first
+) -> Callable[[Any], np.ndarray] | None:
+    """`fn(vae_params) -> [n]` per-image losses (recon + beta * KL, host) of the first
     `heldout_examples` test images, noise fixed per image; compiled once; None when off.
 
     Every process must call it (the images are replicated; the batch is split over all
@@ -440,15 +437,15 @@ def make_heldout_loss(
         x = jax.lax.with_sharding_constraint(data.to_model_space(x_uint8), split)
         eps = jax.lax.with_sharding_constraint(eps, split)
         terms, _ = per_image_losses(nnx.merge(graphdef, params), x, eps, s)
-        return jnp.mean(terms["loss"])
+        return terms["loss"]
 
     compiled = jax.jit(loss, in_shardings=(replicated, replicated, replicated),
                        out_shardings=replicated)  # fmt: skip
     x_dev = parallel.global_array(images, replicated, images.shape)
     eps_dev = parallel.global_array(eps_host, replicated, eps_host.shape)
 
-    def heldout_loss(params) -> float:
-        return float(parallel.process_allgather(compiled(params, x_dev, eps_dev)))
+    def heldout_loss(params) -> np.ndarray:
+        return parallel.process_allgather(compiled(params, x_dev, eps_dev))
 
     return heldout_loss
 

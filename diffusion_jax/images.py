@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -134,6 +135,20 @@ def loss_curve(
     """Plot `keys` of metric records (`writers.read_metrics`) against the step, log-scale y."""
     series = {k: xy for k in keys if (xy := _series(records, "step", k))}
     return _line_plot(series, path, "step", ", ".join(keys))
+
+
+def fid_vs_training_minutes(
+    runs: Mapping[str, Sequence[Mapping[str, Any]]], path: str, protocol: str = "pytorch_fid"
+) -> str:
+    """One line per run: the FID (`protocol`) of its eval records against the training wall
+    time of each record's checkpoint (`train_wall_s`, summed over resumes), log-scale y."""
+    series = {}
+    for label, records in runs.items():
+        points = sorted((r["train_wall_s"] / 60, r["fid"][protocol]) for r in records
+                        if "train_wall_s" in r and protocol in r.get("fid", {}))  # fmt: skip
+        if points:
+            series[label] = tuple(zip(*points, strict=True))
+    return _line_plot(series, path, "training wall time (minutes)", f"FID ({protocol})")
 
 
 def fid_curve(records: Sequence[Mapping[str, float]], path: str) -> str:

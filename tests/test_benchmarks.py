@@ -297,3 +297,27 @@ def test_torch_fid_peer_matches_ours():
     ours = FeatureExtractor(str(FID_WEIGHTS), "tf", batch_size=2).features(images)
     err = np.linalg.norm(theirs - ours, axis=1) / np.linalg.norm(ours, axis=1)
     assert err.max() <= 1e-4
+
+
+def test_quality_curve_plots_one_line_per_run_and_refuses_mixed_sample_counts(tmp_path, capsys):
+    from benchmarks import quality_curve
+
+    def record(folder: Path, step: int, minutes: float, fid: float, n: int = 1000) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        r = {"checkpoint_step": step, "train_wall_s": minutes * 60, "num_samples": n,
+             "fid": {"pytorch_fid": fid, "tf": fid + 1}}  # fmt: skip
+        (folder / f"fid_{step}.json").write_text(json.dumps(r))
+
+    for step, minutes, fid in ((500, 10, 40.0), (1500, 30, 12.0)):
+        record(tmp_path / "ours", step, minutes, fid)
+    record(tmp_path / "course", 100, 30, 90.0)
+    out = tmp_path / "curve.png"
+    runs = [f"ours={tmp_path / 'ours'}", f"course={tmp_path / 'course'}"]
+    assert quality_curve.main([*sum((["--run", r] for r in runs), []), "--out", str(out)]) == 0
+    assert out.stat().st_size > 0
+    printed = capsys.readouterr().out
+    assert "ours: step 500, 10.0 min, FID 40.000 (N=1000)" in printed
+    assert "course: step 100, 30.0 min, FID 90.000" in printed
+    record(tmp_path / "ours", 2500, 50, 8.0, n=10_000)
+    with pytest.raises(SystemExit, match="mix sample counts"):
+        quality_curve.main(["--run", runs[0], "--out", str(out)])

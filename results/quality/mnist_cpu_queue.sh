@@ -1,38 +1,75 @@
 #!/usr/bin/env bash
-# Issue 28's CPU queue for MNIST, one step after another, each resumable (rerun to go on):
-#   1. reference statistics of the 10k test split, both protocols (cached once, ~1 h)
-#   2. the rest of the 150-minute training budget (the checkpoints carry the clock)
-#   3. a small-N sweep of guidance and network calls (1,000 samples, pytorch_fid, full test
-#      reference) on the last checkpoint, into $RUN/eval/ (one record per setting)
-#   4. the full-protocol FID: 10,000 samples, both protocols, with the sweep's best setting
-#      (GUIDANCE / NFE override it)
+# Issue 28's CPU queue for one model (MNIST by default), one step after another, each resumable:
+#   1      reference statistics of the 10k test split, both protocols (cached once)
+#   2      the rest of the 150-minute training budget (the checkpoints carry the clock)
+#   export the last checkpoint as a model folder in $RUN/export (the sweep reads it)
+#   sweep  guidance x network calls at small N (SWEEP_N samples, pytorch_fid, against the full
+#          test statistics) into $RUN/sweep/nfe<N>_g<G>/eval/ (one record per setting)
+#   final  --mode=train_and_eval (the budget is spent: no training) with the sweep's best
+#          setting (or NFE / GUIDANCE): 10,000 samples, both protocols -> $RUN/quality.json
+#   floor  the real-data floor: 10,000 training images against the same test statistics
+#   curve  SWEEP_N-sample FIDs of the kept checkpoints CURVE_STEPS at the final setting
 # Usage: nohup bash results/quality/mnist_cpu_queue.sh [STEPS] > /work/runs/queue.log 2>&1 &
-#   STEPS: a subset such as "1 2" (default: 1 2 export 3 4; export = the last checkpoint as
-#   a model folder in $RUN/export, which step 3 reads). RUN, DATA_DIR, WEIGHTS, CONFIG: env.
+#   STEPS: default "1 2 export sweep final floor curve". Env: RUN, DATA_DIR, WEIGHTS, CONFIG,
+#   DATASET (tfds name), NPZ (the split's images for the floor), FLOOR_PROTOCOLS, SWEEP,
+#   SWEEP_N, CURVE_STEPS.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 RUN=${RUN:-/work/runs/mnist_quality_cpu}
 DATA_DIR=${DATA_DIR:-$HOME/tensorflow_datasets}
-WEIGHTS=${WEIGHTS:-$(cd .. && pwd)/shared/data/inception-2015-12-05_fid_torchscript.pt}
+SHARED=$(cd .. && pwd)/shared/data
+WEIGHTS=${WEIGHTS:-$SHARED/inception-2015-12-05_fid_torchscript.pt}
 CONFIG=${CONFIG:-mnist_quality_cpu}
-STEPS=${1:-1 2 export 3 4}
+NPZ=${NPZ:-$SHARED/mnist.npz:x_train[0:10000]}
+SWEEP=${SWEEP:-20:1.0 20:1.5 20:2.0}  # nfe:guidance
+SWEEP_N=${SWEEP_N:-1000}
+CURVE_STEPS=${CURVE_STEPS:-500 1500 2500}
+STEPS=${1:-1 2 export sweep final floor curve}
 common=(--config="$CONFIG" --config.data.data_dir="$DATA_DIR" --config.fid.weights="$WEIGHTS")
 main() { nice -n 2 python -m diffusion_jax.main "${common[@]}" "$@"; }
 stamp() { echo "== $(date -u +%FT%TZ) $*"; }
+small=(--config.fid.eval_samples="$SWEEP_N" --config.fid.protocol=pytorch_fid)
+
+best() {  # "nfe guidance" of the lowest sweep FID (NFE / GUIDANCE override it)
+  python - "$RUN/sweep" <<'EOF'
+import json, pathlib, sys
+recs = [json.loads(p.read_text()) for p in pathlib.Path(sys.argv[1]).glob("*/eval/fid_*.json")]
+r = min(recs, key=lambda r: r["fid"]["pytorch_fid"])
+print(r["steps"], r["guidance"])
+EOF
+}
 
 for step in $STEPS; do
   case $step in
     1) stamp "reference statistics"; main --workdir="$RUN" --mode=fid_stats ;;
     2) stamp "training (resumes)"; main --workdir="$RUN" --config.train.keep_checkpoints=60 ;;
-    3) for nfe in 10 20 40; do for g in 1.0 1.5 2.0 3.0; do
-         stamp "sweep nfe=$nfe guidance=$g"
-         main --workdir="$RUN/sweep/nfe${nfe}_g${g}" --mode=eval --checkpoint=pretrained:"$RUN/export" \
-           --config.sample.num_steps="$nfe" --config.sample.guidance="$g" \
-           --config.fid.eval_samples=1000 --config.fid.protocol=pytorch_fid
-       done; done ;;
-    4) stamp "full protocol"; main --workdir="$RUN" --mode=eval \
-         --config.sample.num_steps="${NFE:-20}" --config.sample.guidance="${GUIDANCE:-1.0}" ;;
     export) stamp "export"; main --workdir="$RUN" --mode=export --export_to="$RUN/export" ;;
+    sweep) for s in $SWEEP; do
+         nfe=${s%%:*}; g=${s##*:}; out="$RUN/sweep/nfe${nfe}_g${g}"
+         if ls "$out"/eval/fid_*.json >/dev/null 2>&1; then continue; fi
+         stamp "sweep nfe=$nfe guidance=$g"
+         main --workdir="$out" --mode=eval --checkpoint=pretrained:"$RUN/export" \
+           --config.sample.num_steps="$nfe" --config.sample.guidance="$g" "${small[@]}"
+       done ;;
+    final) read -r nfe g <<<"$(best)"; nfe=${NFE:-$nfe}; g=${GUIDANCE:-$g}
+       stamp "full protocol nfe=$nfe guidance=$g"
+       main --workdir="$RUN" --mode=train_and_eval \
+         --config.sample.num_steps="$nfe" --config.sample.guidance="$g" ;;
+    floor) for p in ${FLOOR_PROTOCOLS:-pytorch_fid tf}; do
+         stamp "real-data floor ($p)"
+         stats=$(ls ~/.cache/diffusion_jax/fid_stats/"${DATASET:-mnist}-test-$p"-*.npz | head -1)
+         nice -n 2 python -m diffusion_jax.fid "$NPZ" "$stats" --protocol="$p" \
+           --weights="$WEIGHTS" --batch_size=100 --no_progress | tee "$RUN/floor_$p.txt"
+       done ;;
+    curve) read -r nfe g <<<"$(best)"; nfe=${NFE:-$nfe}; g=${GUIDANCE:-$g}
+       for c in $CURVE_STEPS; do
+         [ -e "$RUN/curve/eval/fid_$c.json" ] && continue
+         stamp "curve step $c (nfe=$nfe guidance=$g)"
+         mkdir -p "$RUN/curve"
+         main --workdir="$RUN" --mode=eval --checkpoint="$c" --config.sample.num_steps="$nfe" \
+           --config.sample.guidance="$g" "${small[@]}" && mkdir -p "$RUN/curve/eval" \
+           && mv "$RUN/eval/fid_$c.json" "$RUN/curve/eval/"
+       done ;;
   esac
 done
 stamp done

@@ -61,3 +61,19 @@ def test_package_imports_without_tensorflow_or_torch():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_design_md_opens_with_the_layer_diagram_of_the_contracts():
+    """docs/DESIGN.md's diagram is generated from pyproject.toml's import-linter contracts
+    (scripts/layer_diagram.py), never drawn by hand: a changed contract must regenerate it."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    try:
+        import layer_diagram
+    finally:
+        sys.path.pop(0)
+    text = layer_diagram.DESIGN.read_text()
+    assert layer_diagram.updated(text, layer_diagram.block()) == text, (
+        "docs/DESIGN.md's layer diagram is stale: run python scripts/layer_diagram.py"
+    )
+    assert text.index(layer_diagram.BEGIN) < text.index("| module | owns |")  # it opens the page
+    assert '"errors · version"' in text and "L0 --> L1" in text

@@ -320,9 +320,6 @@ def _validate(config: ml_collections.ConfigDict) -> dict:
             _check_kernel(e, "hybrid_kernel", int(config.data.image_size))
         if e.kind == "hybrid" and not e.hybrid_sigma > 0:
             raise _fail("hybrid_sigma", e.hybrid_sigma, "must be > 0")
-        size = config.data.image_size
-        if any(v in ("rot90", "rot270") for *_, v in parsed["pairs"]) and size <= 0:
-            raise _fail("view", e.view, "90-degree views need square images")
     if e.invert_input not in ("auto", True, False):
         raise _fail("invert_input", e.invert_input, "use 'auto', True or False")
     return parsed

@@ -141,8 +141,8 @@ class Watcher:
         action, step, steps = _WAIT, -1, []
         if parallel.is_main_process():
             steps = finalized_steps(self.workdir)
-            todo = [s for s in steps if s not in evaluated_steps(self.workdir)]
-            todo = [s for s in todo if s not in self.skipped]
+            done = set(evaluated_steps(self.workdir)) | set(self.skipped)  # one listing
+            todo = [s for s in steps if s not in done]
             latest = steps[-1] if steps else None
             if todo:
                 action, step = _EVAL, todo[0]

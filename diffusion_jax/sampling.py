@@ -248,9 +248,9 @@ def training_of(workdir: str, which: str | int | None, step: int) -> dict[str, A
     if batch:
         out["images_seen"] = int(step) * int(batch)
     if "wall_s" in clock:
-        out["train_wall_s"] = round(float(clock["wall_s"]), 2)
+        out["train_wall_s"] = float(clock["wall_s"])
     if "cpu_s" in clock:
-        out["train_cpu_s"] = round(float(clock["cpu_s"]), 2)
+        out["train_cpu_s"] = float(clock["cpu_s"])
     return out
 
 
@@ -258,7 +258,9 @@ def export(
     config: ml_collections.ConfigDict, workdir: str, out_dir: str, which: str | None = None
 ) -> str:
     """`--mode=export`: a checkpoint's EMA parameters as a pretrained model folder (see
-    `diffusion_jax.pretrained`), with the checkpoint's meta and the FID records of that step."""
+    `diffusion_jax.pretrained`), with the checkpoint's meta and the FID records of that step.
+    The folder's sampling defaults (`config.sample`: sampler, steps, guidance) are this
+    command's, so an export can ship the setting its FID was measured with."""
     mesh = parallel.make_mesh()
     params, step = load_ema_params(config, workdir, mesh, which)
     ckpts = checkpoint.Checkpoints(workdir, read_only=True)
@@ -266,6 +268,8 @@ def export(
         meta = ckpts.read_meta(step, best=which == "best")
     finally:
         ckpts.close()
+    sample = json.loads(config.sample.to_json_best_effort())
+    meta = {**meta, "config": {**meta.get("config", {}), "sample": sample}}
     records = {}  # the FID records of this step (eval/*.json, quality.json), kept beside it
     root = Path(workdir)
     for path in sorted([*root.glob("eval/*.json"), root / "quality.json"]):

@@ -21,6 +21,7 @@ def exported(tiny_mnist_dir, tmp_path_factory):
     workdir, folder = root / "run", root / "tiny_model"
     config = tiny_config(tiny_mnist_dir, train__num_steps=4)
     train.train_and_evaluate(config, str(workdir))
+    config.sample.num_steps = 7  # the export's sampling defaults become the folder's
     sampling.export(config, str(workdir), str(folder))
     return workdir, folder, config
 
@@ -38,6 +39,7 @@ def test_export_writes_weights_config_and_checksum(exported):
         f"config.data.data_dir: checkpoint None, now {config.data.data_dir!r}"
     ]
     assert isinstance(again.model.ch_mult, tuple)  # JSON lists come back as the schema's tuples
+    assert again.sample.num_steps == 7 and model["meta"]["config"]["sample"]["num_steps"] == 7
 
 
 def test_pretrained_weights_are_the_checkpoints_ema(exported):
@@ -72,7 +74,8 @@ def test_cli_samples_from_a_model_folder_as_from_its_workdir(exported, tmp_path)
     result = run_main(f"--pretrained={folder}", "--mode=sample", f"--workdir={out}", *n)
     assert result.returncode == 0, result.stderr[-2000:]
     flags = flags_for(str(exported[2].data.data_dir), train__num_steps=4)
-    result = run_main(*flags, "--mode=sample", f"--workdir={workdir}", *n)
+    steps = "--config.sample.num_steps=7"  # the folder's sampling default (set at export)
+    result = run_main(*flags, "--mode=sample", f"--workdir={workdir}", *n, steps)
     assert result.returncode == 0, result.stderr[-2000:]
     with (
         np.load(out / "sample" / "samples.npz") as a,

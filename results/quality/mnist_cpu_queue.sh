@@ -11,7 +11,7 @@
 #   curve  SWEEP_N-sample FIDs of the kept checkpoints CURVE_STEPS at the final setting
 # Usage: nohup bash results/quality/mnist_cpu_queue.sh [STEPS] > /work/runs/queue.log 2>&1 &
 #   STEPS: default "1 2 export sweep final floor curve". Env: RUN, DATA_DIR, WEIGHTS, CONFIG,
-#   DATASET (tfds name), NPZ (the split's images for the floor), FLOOR_PROTOCOLS, SWEEP,
+#   PROTOCOL, DATASET (tfds name), NPZ (the split's images for the floor), FLOOR_PROTOCOLS, SWEEP,
 #   SWEEP_N, CURVE_STEPS.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -24,6 +24,7 @@ NPZ=${NPZ:-$SHARED/mnist.npz:x_train[0:10000]}
 SWEEP=${SWEEP:-20:1.0 20:1.5 20:2.0}  # nfe:guidance
 SWEEP_N=${SWEEP_N:-1000}
 CURVE_STEPS=${CURVE_STEPS:-500 1500 2500}
+PROTOCOL=${PROTOCOL:-both}  # of the reference statistics and the final FID (tf, pytorch_fid)
 STEPS=${1:-1 2 export sweep final floor curve}
 common=(--config="$CONFIG" --config.data.data_dir="$DATA_DIR" --config.fid.weights="$WEIGHTS")
 main() { nice -n 2 python -m diffusion_jax.main "${common[@]}" "$@"; }
@@ -41,7 +42,8 @@ EOF
 
 for step in $STEPS; do
   case $step in
-    1) stamp "reference statistics"; main --workdir="$RUN" --mode=fid_stats ;;
+    1) stamp "reference statistics ($PROTOCOL)"
+       main --workdir="$RUN" --mode=fid_stats --config.fid.protocol="$PROTOCOL" ;;
     2) stamp "training (resumes)"; main --workdir="$RUN" --config.train.keep_checkpoints=60 ;;
     export) stamp "export"; main --workdir="$RUN" --mode=export --export_to="$RUN/export" ;;
     sweep) for s in $SWEEP; do
@@ -53,7 +55,7 @@ for step in $STEPS; do
        done ;;
     final) read -r nfe g <<<"$(best)"; nfe=${NFE:-$nfe}; g=${GUIDANCE:-$g}
        stamp "full protocol nfe=$nfe guidance=$g"
-       main --workdir="$RUN" --mode=train_and_eval \
+       main --workdir="$RUN" --mode=train_and_eval --config.fid.protocol="$PROTOCOL" \
          --config.sample.num_steps="$nfe" --config.sample.guidance="$g" ;;
     floor) for p in ${FLOOR_PROTOCOLS:-pytorch_fid tf}; do
          stamp "real-data floor ($p)"

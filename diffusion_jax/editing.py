@@ -888,7 +888,7 @@ def run(
         os.makedirs(out_dir, exist_ok=True)
         for name, write in figures.items():
             write(paths[name])
-        np.savez(paths[f"{kind}.npz"], **arrays, step=np.int64(step))
+        images.save_npz(paths[f"{kind}.npz"], **arrays, step=np.int64(step))
         if "psnr" in info:
             paths["psnr.json"] = os.path.join(out_dir, "psnr.json")
             writers.write_json(paths["psnr.json"], info["psnr"], indent=1)

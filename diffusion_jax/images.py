@@ -7,13 +7,16 @@ nothing here touches a display or the global pyplot state.
 
 from __future__ import annotations
 
+import io
 import math
 import os
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image
+
+from diffusion_jax.records import replace_file
 
 
 def _check_uint8(images: np.ndarray, ndim: int = 4) -> np.ndarray:
@@ -40,12 +43,30 @@ def grid(images: np.ndarray, cols: int = 8, pad: int = 2, pad_value: int = 255) 
     return out
 
 
-def save_png(path: str, image: np.ndarray) -> str:
-    """Write one uint8 [H, W, C] image (C = 1 is saved as greyscale)."""
-    image = _check_uint8(image, ndim=3)
+def _write(path: str, save: Callable[[BinaryIO], object]) -> str:
+    """`save(file)` into memory, then the bytes to `path` atomically (`replace_file`): a signal
+    or a crash while writing leaves the old file or none, never a truncated one."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(path)
+    buffer = io.BytesIO()
+    save(buffer)
+    replace_file(path, buffer.getvalue())
     return path
+
+
+def _format(path: str) -> str:
+    return os.path.splitext(path)[1].lstrip(".").lower() or "png"
+
+
+def save_npz(path: str, **arrays: np.ndarray) -> str:
+    """`np.savez(path, **arrays)`, written atomically (see `_write`)."""
+    return _write(path, lambda f: np.savez(f, **arrays))
+
+
+def save_png(path: str, image: np.ndarray) -> str:
+    """Write one uint8 [H, W, C] image (C = 1 is saved as greyscale), atomically."""
+    image = _check_uint8(image, ndim=3)
+    img = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+    return _write(path, lambda f: img.save(f, format=_format(path)))
 
 
 def save_grid(path: str, images: np.ndarray, cols: int = 8) -> str:
@@ -94,9 +115,7 @@ def denoising_figure(
     for k, (frames, title) in enumerate(panels):
         _panel(fig.add_subplot(1, len(panels), k + 1), frames, timesteps, title)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig.savefig(path)
-    return path
+    return _write(path, lambda f: fig.savefig(f, format=_format(path)))
 
 
 Series = Mapping[str, tuple[Sequence[float], Sequence[float]]]
@@ -118,9 +137,7 @@ def _line_plot(series: Series, path: str, xlabel: str, ylabel: str) -> str:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig.savefig(path)
-    return path
+    return _write(path, lambda f: fig.savefig(f, format=_format(path)))
 
 
 def _series(records: Sequence[Mapping[str, float]], x_key: str, y_key: str, x_scale: float = 1.0):
@@ -199,9 +216,7 @@ def edit_figure(
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig.savefig(path, dpi=100)
-    return path
+    return _write(path, lambda f: fig.savefig(f, format=_format(path), dpi=100))
 
 
 def hybrid_figure(
@@ -253,6 +268,4 @@ def hybrid_figure(
     for r, label in enumerate(row_labels or ()):
         y = top + r * row_h + row_h / 2
         fig.text(4 / width, 1 - y / canvas.shape[0], label, ha="left", va="center", fontsize=8)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    return path
+    return _write(path, lambda f: fig.savefig(f, format=_format(path), dpi=dpi))

@@ -322,7 +322,7 @@ def run(argv: list[str]) -> int:
     # replace this handler with theirs, which saves, once training runs).
     stop = train.StopRequest(
         when=f"during --mode={FLAGS.mode}",
-        note="nothing was saved by this run and nothing half-written was left",
+        note="nothing half-written was left (each output file is written whole or not at all)",
     )
     with stop:
         return _run_mode()

@@ -330,7 +330,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, checkpoint: str | No
     if is_main:
         os.makedirs(out_dir, exist_ok=True)
         arrays = {"images": x} if y is None else {"images": x, "labels": y}
-        np.savez(paths["samples"], **arrays)
+        images.save_npz(paths["samples"], **arrays)
         images.save_grid(paths["grid"], x)
         if chains is not None:
             images.denoising_figure(

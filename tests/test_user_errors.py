@@ -20,7 +20,6 @@ from absl import flags
 from train_utils import (
     REPO,
     flags_for,
-    main_command,
     no_traceback,
     run_main,
     snapshot,
@@ -523,39 +522,6 @@ def trained_4_steps(tiny_mnist_dir, tmp_path_factory) -> tuple[Path, list[str]]:
     result = run_main(*args, f"--workdir={workdir}")
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir, args
-
-
-@pytest.mark.parametrize(
-    ("mode", "sig", "after", "delay"),
-    [
-        ("sample", signal.SIGTERM, "Sampling 512 images", 0.0),  # compiling the sampler
-        ("sample", signal.SIGINT, "Sampling 512 images", 3.0),  # computing
-        ("edit", signal.SIGTERM, "Editing (denoise)", 1.0),
-    ],
-)
-def test_sample_and_edit_stop_on_a_signal_with_128_plus_its_number(
-    trained_4_steps, mode, sig, after, delay
-):
-    workdir, args = trained_4_steps
-    process = subprocess.Popen(
-        main_command(*args, f"--workdir={workdir}", f"--mode={mode}"),
-        cwd=REPO, env=subprocess_env(), stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    seen = []
-    while not any(after in line for line in seen[-1:]):
-        seen.append(process.stderr.readline())
-        assert seen[-1] or process.poll() is None, "".join(seen)[-3000:]
-    time.sleep(delay)
-    process.send_signal(sig)
-    sent = time.perf_counter()
-    _, stderr = process.communicate(timeout=120)
-    stderr = "".join(seen) + stderr
-    assert process.returncode == 128 + sig, stderr[-3000:]
-    # It waits for the running computation: on a loaded 2-core CPU the edit's longest takes 13 s.
-    assert time.perf_counter() - sent < 20
-    assert f"{signal.Signals(sig).name} received" in stderr and "Fatal Python error" not in stderr
-    assert no_traceback(stderr), stderr[-3000:]
-    assert not (workdir / mode).exists()
 
 
 def _gradient_file(folder: Path, mode: str) -> tuple[Path, np.ndarray]:

@@ -72,6 +72,10 @@ main.main()
 """
 
 LIMIT_S = 10  # from the signal to the process's exit
+# A compile is not cut off (README): a signal during one waits for it, and then the train modes
+# run their step and save. On 2 cores that took 10.4 s once (train, SIGINT), so the compile
+# moment gets this much more; every other moment keeps LIMIT_S.
+COMPILE_EXTRA_S = 20
 
 # Each mode's flags beyond the trained run's (`signal_run`), and what it reads.
 RESUME = ["--config.train.num_steps=1000", "--config.train.ckpt_every=2"]
@@ -205,7 +209,8 @@ def test_a_signal_at_a_fixed_moment_of_every_mode(
     train_mode = mode in ("train", "train_and_eval")
     assert process.returncode == (0 if train_mode else 128 + sig), stderr[-3000:]
     assert "Fatal Python error" not in stderr and no_traceback(stderr), stderr[-3000:]
-    assert ended - sent[0] < LIMIT_S, f"{ended - sent[0]:.1f} s after the signal"
+    limit = LIMIT_S + (COMPILE_EXTRA_S if moment == "compile" else 0)
+    assert ended - sent[0] < limit, f"{ended - sent[0]:.1f} s after the signal"
     name = sig.name
     assert f"{name} received" in stderr or f"stopped by {name} at step" in stderr, stderr[-3000:]
 

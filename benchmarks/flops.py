@@ -5,7 +5,7 @@ QK^T and AV included) are counted, not normalisation, activations or the optimiz
 a few percent of the work. A training step is 3x the forward pass (forward, and a backward that
 computes gradients for both activations and weights).
 
-`unet_cost` walks the U-Net of `config.model` exactly as `diffusion_jax.model.UNet` builds it
+`unet_cost` walks the U-Net of `config.model` exactly as `diffusion_jax.nets.unet.UNet` builds it
 (and counts its parameters too, which the tests compare with the real model's, proving the walk
 matches the architecture). `jaxpr_flops` counts the same ops in any traced JAX function; the
 FID Inception is counted with it.

@@ -46,9 +46,10 @@ def base_config() -> ml_collections.ConfigDict:
     d.random_flip = False  # horizontal flips, drawn per example per step on device
     d.num_shards = 0  # data shards (see DESIGN.md "Data order"); 0 = number of processes
 
-    # arch "unet": exactly the `model.UNet` keyword arguments except image_size, in_channels and
-    # rngs. arch "course": `course_unet.CourseUNet` (28x28 only), which reads course_hidden,
-    # course_groups, num_classes and dtype (and T from config.diffusion); the rest is unused.
+    # arch "unet": exactly the `nets.unet.UNet` keyword arguments except image_size, in_channels
+    # and rngs. arch "course": `nets.course_unet.CourseUNet` (28x28 only), which reads
+    # course_hidden, course_groups, num_classes and dtype (and T from config.diffusion); the rest
+    # is unused.
     c.model = m = ml_collections.ConfigDict()
     m.arch = "unet"  # "unet" (Ho et al.'s U-Net) or "course" (the CS180/280A course's MNIST U-Net)
     m.course_hidden = 64  # arch "course": D, the width (D, 2D at 7x7)

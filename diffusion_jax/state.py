@@ -18,9 +18,9 @@ import optax
 from flax import nnx
 
 from diffusion_jax import data, diffusion, samplers
-from diffusion_jax.course_unet import IMAGE_SIZE, CourseUNet
 from diffusion_jax.errors import UserError
-from diffusion_jax.model import UNet
+from diffusion_jax.nets.course_unet import IMAGE_SIZE, CourseUNet
+from diffusion_jax.nets.unet import UNet
 
 
 @flax.struct.dataclass
@@ -41,8 +41,8 @@ class TrainState:
 def build_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> UNet | CourseUNet:
     """The network of `config.model` for `config.data`'s image size and channels.
 
-    `config.model.arch`: "unet" is Ho et al.'s `model.UNet`; "course" is the CS180/280A course's
-    28x28 U-Net (`course_unet.CourseUNet`, GroupNorm, conditioned on t / (T - 1) and on classes
+    `config.model.arch`: "unet" is Ho et al.'s `nets.unet.UNet`; "course" is the CS180/280A course's
+    28x28 U-Net (`nets.course_unet.CourseUNet`, GroupNorm, conditioned on t / (T - 1) and on classes
     when `num_classes > 0`), width `course_hidden`.
     """
     m = config.model

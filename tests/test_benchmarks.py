@@ -25,7 +25,7 @@ if str(REPO) not in sys.path:  # `benchmarks` lives at the repository root, outs
 from benchmarks import flops, hardware  # noqa: E402
 from benchmarks.results import Row, set_peer_ratios  # noqa: E402
 from diffusion_jax import state as state_lib  # noqa: E402
-from diffusion_jax.model import count_params  # noqa: E402
+from diffusion_jax.nets.unet import count_params  # noqa: E402
 
 CONFIGS = ("cifar10", "mnist", "mnist_cond", "tiny")
 

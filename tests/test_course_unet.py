@@ -1,5 +1,5 @@
-"""The course's U-Net (diffusion_jax/course_unet.py): its size, its conditioning, its BatchNorm,
-and its use as DDPM's network (`config.model.arch = "course"`)."""
+"""The course's U-Net (diffusion_jax/nets/course_unet.py): its size, its conditioning, its
+BatchNorm, and its use as DDPM's network (`config.model.arch = "course"`)."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from train_utils import compilation_cache, tiny_config
 
 from diffusion_jax import batches
 from diffusion_jax import state as state_lib
-from diffusion_jax.course_unet import CourseUNet
 from diffusion_jax.errors import UserError
 from diffusion_jax.methods import ddpm
-from diffusion_jax.model import count_params
+from diffusion_jax.nets.course_unet import CourseUNet
+from diffusion_jax.nets.unet import count_params
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -220,7 +220,7 @@ def test_build_model_builds_the_course_unet_from_the_config():
     assert isinstance(model, CourseUNet)
     assert (model.hidden, model.num_timesteps, model.num_classes) == (4, 100, 10)
     assert count_params(model) == _course_param_count(1, 4, 10, True)
-    config.model.arch = "unet"  # the course settings do not reach model.UNet
+    config.model.arch = "unet"  # the course settings do not reach unet.UNet
     assert not isinstance(state_lib.abstract_model(config), CourseUNet)
 
 

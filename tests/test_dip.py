@@ -24,6 +24,7 @@ from diffusion_jax.config import from_sibling
 from diffusion_jax.diffusion import make_schedule
 from diffusion_jax.errors import UserError
 from diffusion_jax.methods import dip
+from diffusion_jax.nets import skipnet
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -193,7 +194,7 @@ def test_network_shapes_and_upsampling():
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 7, 5, 3))
     for mode in ("bilinear", "nearest"):  # PyTorch's align_corners=False = jax.image.resize
         ref = jax.image.resize(x, (2, 14, 10, 3), mode)
-        np.testing.assert_allclose(dip.upsample2(x, mode), ref, atol=1e-6)
+        np.testing.assert_allclose(skipnet.upsample2(x, mode), ref, atol=1e-6)
     c = from_sibling(str(CONFIGS / "dip.py"), "dip")  # 28 -> 14 -> 7 -> 4 px and back (crop)
     graphdef, state = jax.eval_shape(lambda: dip.init_state(c))
     assert state.out_ema["outputs"].shape == (8, 28, 28, 1)

@@ -15,8 +15,9 @@ from train_utils import load_config
 
 from diffusion_jax import batches, samplers
 from diffusion_jax.errors import UserError
-from diffusion_jax.methods import gan, gan_nets
+from diffusion_jax.methods import gan
 from diffusion_jax.methods.base import step_keys
+from diffusion_jax.nets import gan as gan_nets
 
 
 def tiny_config() -> ml_collections.ConfigDict:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from diffusion_jax.model import UNet, count_params
+from diffusion_jax.nets.unet import UNet, count_params
 
 CIFAR10 = dict(
     image_size=32,
@@ -213,7 +213,7 @@ def _spread_qk(spread: float, dtype) -> tuple[jax.Array, jax.Array]:
 
 @pytest.mark.parametrize("spread", [1.0, 4.0, 9.0])
 def test_bf16_attention_weights_match_float32(spread):
-    from diffusion_jax.model import attention_weights
+    from diffusion_jax.nets.unet import attention_weights
 
     q16, k16 = _spread_qk(spread, jnp.bfloat16)
     q32, k32 = _spread_qk(spread, jnp.float32)
@@ -235,7 +235,7 @@ def test_bf16_attention_weights_match_float32(spread):
 def test_bf16_attention_block_and_unet_within_tolerance():
     """Same float32 parameters, bf16 vs float32 compute: the attention block agrees to 2%, the
     U-Net's eps to 3% (relative L2; bf16 has 8 mantissa bits, ~0.4% per rounding)."""
-    from diffusion_jax.model import AttnBlock
+    from diffusion_jax.nets.unet import AttnBlock
 
     block = nnx.eval_shape(lambda: AttnBlock(32, num_groups=4, dtype=jnp.float32, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(block)

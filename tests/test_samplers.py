@@ -15,7 +15,7 @@ import pytest
 from flax import nnx
 
 from diffusion_jax.diffusion import make_betas, make_schedule
-from diffusion_jax.model import UNet
+from diffusion_jax.nets.unet import UNet
 from diffusion_jax.samplers import (
     SampleOutput,
     classifier_free_guidance,

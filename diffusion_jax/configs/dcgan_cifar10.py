@@ -4,7 +4,7 @@ The PyTorch DCGAN tutorial's networks at 32 px: generator z(100) -> 4x4x256 -> 8
 16x16x64 (transposed 4x4 stride-2 convs, BatchNorm + ReLU) -> 32x32x3 (tanh); discriminator
 32 -> 16x16x64 (no BatchNorm) -> 8x8x128 -> 4x4x256 (BatchNorm), LeakyReLU 0.2, one logit.
 BCE on logits, non-saturating G loss, Adam 2e-4 b1 0.5, batch 128, 25 epochs (390 steps each),
-N(0, 0.02) init, no EMA. See diffusion_jax/methods/gan.py and gan_nets.py.
+N(0, 0.02) init, no EMA. See diffusion_jax/methods/gan.py and nets/gan.py.
 """
 
 from diffusion_jax.config import from_sibling

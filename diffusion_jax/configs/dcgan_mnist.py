@@ -4,7 +4,7 @@ Generator z(100) -> 7x7x128 -> 14x14x64 (transposed 4x4 stride-2 convs, BatchNor
 28x28x1 (tanh); discriminator 28 -> 14x14x64 (no BatchNorm) -> 7x7x128 (BatchNorm), LeakyReLU
 0.2, one logit. The training recipe of gan_mnist.py (BCE on logits, non-saturating G loss,
 Adam 2e-4 b1 0.5, batch 128, 25 epochs, N(0, 0.02) init, no EMA); the sampler runs the generator
-with its BatchNorm running statistics. See diffusion_jax/methods/gan.py and gan_nets.py.
+with its BatchNorm running statistics. See diffusion_jax/methods/gan.py and nets/gan.py.
 """
 
 from diffusion_jax.config import from_sibling

@@ -2,7 +2,7 @@
 
 The course's recipe: T = 300 linear betas 1e-4..0.02, eps prediction, the small U-Net
 (`config.model.arch = "course"`, D = 64, t / (T - 1) through FCBlocks; GroupNorm where the course
-has BatchNorm, see diffusion_jax/course_unet.py), grey 28x28, batch 128, Adam 1e-3, 20 epochs
+has BatchNorm, see diffusion_jax/nets/course_unet.py), grey 28x28, batch 128, Adam 1e-3, 20 epochs
 (60000 // 128 = 468 steps per epoch), the course's exponential learning-rate decay (gamma =
 0.1 ** (1 / epochs) once per epoch: 1e-3 -> 1e-4 over the run), no gradient clipping, no EMA
 (the course has none).

@@ -1,6 +1,6 @@
 """The single-step denoiser of the CS180/280A course ("Project 5, part B", part 1).
 
-The course's unconditional U-Net (`course_unet.CourseUNet`, with BatchNorm as in the course) is
+The course's unconditional U-Net (`nets.course_unet.CourseUNet`, with BatchNorm as in the course) is
 trained to map a noisy digit z = x + sigma * eps back to x in one forward pass, with the mean
 squared error, at the one noise level `config.denoiser.sigma` (0.5). It generates nothing
 (`generates=False`): `--mode=sample` runs its `report` instead, which measures MSE and PSNR of
@@ -45,9 +45,9 @@ from flax import nnx
 
 from diffusion_jax import batches, data, images, parallel, pixels, records, samplers
 from diffusion_jax import state as state_lib
-from diffusion_jax.course_unet import IMAGE_SIZE, CourseUNet
 from diffusion_jax.errors import UserError
 from diffusion_jax.methods.base import REPORT_DIR, Method, step_keys
+from diffusion_jax.nets.course_unet import IMAGE_SIZE, CourseUNet
 
 REPORT_STREAM = 0x64656E  # fold_in(PRNGKey(config.seed), REPORT_STREAM): the report's noise
 PSNR_CAP_MSE = 1e-12  # per-image MSE floor: a noiseless image (sigma 0) reads 120 dB, not inf

@@ -2,7 +2,7 @@
 
 Both train a generator G (z ~ N(0, I) -> image in [-1, 1], tanh) against a discriminator D
 (image -> logit) with binary cross-entropy on logits (Goodfellow et al. 2014) and the
-non-saturating generator loss -log sigmoid(D(G(z))). Networks: `methods.gan_nets`. Settings:
+non-saturating generator loss -log sigmoid(D(G(z))). Networks: `nets.gan`. Settings:
 `config.gan` (`settings()`); the learning rate, batch, EMA and intervals are the shared
 `config.train` ones (Adam 2e-4, b1 0.5, batch 128 in the configs, as in DCGAN).
 
@@ -43,8 +43,8 @@ from flax import nnx
 from diffusion_jax import batches, samplers
 from diffusion_jax import state as state_lib
 from diffusion_jax.errors import UserError
-from diffusion_jax.methods import gan_nets
 from diffusion_jax.methods.base import Method, SampleFn, step_keys
+from diffusion_jax.nets import gan as gan_nets
 
 _D_STREAM, _G_STREAM = 0, 1  # fold_in(step_key, stream): the D updates' / the G update's draws
 

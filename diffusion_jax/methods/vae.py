@@ -28,7 +28,7 @@ loss (`heldout`, logged at each checkpoint) is this loss on the first
 low-variance, and it picks `workdir/best` when no periodic FID runs (the training loss when
 `heldout_examples` is 0).
 
-`methods/vae_gan.py` reuses the encoder, decoder, losses and helpers of this module.
+The networks are `nets.vae`; `methods/vae_gan.py` reuses the losses and helpers of this module.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ from diffusion_jax import state as state_lib
 from diffusion_jax.errors import UserError
 from diffusion_jax.heldout import HELDOUT_STREAM
 from diffusion_jax.methods.base import Method, SampleFn, step_keys
+from diffusion_jax.nets.vae import VAE, levels_ok
 
 RECONS = ("mse", "bce")
 IMAGE_SIZES = (28, 32)
@@ -70,70 +71,7 @@ def settings() -> ml_collections.ConfigDict:
 
 
 # ---------------------------------------------------------------------------------------------
-# Networks
-
-
-def _levels_ok(image_size: int, widths) -> bool:
-    n = len(widths)
-    return n > 0 and image_size % (2**n) == 0
-
-
-class Encoder(nnx.Module):
-    """x [B, H, W, C] in [-1, 1] -> (mean, logvar) [B, latent_dim] of q(z | x)."""
-
-    def __init__(self, *, image_size: int, channels: int, widths, latent_dim: int, rngs: nnx.Rngs):
-        if not _levels_ok(image_size, widths):
-            raise ValueError(f"{image_size} px images do not halve {len(widths)} times")
-        ins = (channels, *widths[:-1])
-        self.convs = nnx.List(
-            [nnx.Conv(a, b, (4, 4), strides=2, rngs=rngs) for a, b in zip(ins, widths, strict=True)]
-        )
-        base = image_size // 2 ** len(widths)
-        self.out = nnx.Linear(base * base * widths[-1], 2 * latent_dim, rngs=rngs)
-        self.latent_dim = latent_dim
-
-    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        h = x
-        for conv in self.convs:
-            h = nnx.silu(conv(h))
-        h = self.out(h.reshape(h.shape[0], -1))
-        return h[:, : self.latent_dim], h[:, self.latent_dim :]
-
-
-class Decoder(nnx.Module):
-    """z [B, latent_dim] -> logits h [B, H, W, C]; the image is `tanh(h)` (see `to_images`)."""
-
-    def __init__(self, *, image_size: int, channels: int, widths, latent_dim: int, rngs: nnx.Rngs):
-        if not _levels_ok(image_size, widths):
-            raise ValueError(f"{image_size} px images do not halve {len(widths)} times")
-        self.base = image_size // 2 ** len(widths)
-        self.top = widths[-1]
-        self.inp = nnx.Linear(latent_dim, self.base * self.base * self.top, rngs=rngs)
-        ins = tuple(reversed(widths))
-        outs = (*ins[1:], widths[0])
-        self.deconvs = nnx.List(
-            [
-                nnx.ConvTranspose(a, b, (4, 4), strides=2, padding="SAME", rngs=rngs)
-                for a, b in zip(ins, outs, strict=True)
-            ]
-        )
-        self.out = nnx.Conv(widths[0], channels, (3, 3), rngs=rngs)
-
-    def __call__(self, z: jax.Array) -> jax.Array:
-        h = nnx.silu(self.inp(z)).reshape(z.shape[0], self.base, self.base, self.top)
-        for deconv in self.deconvs:
-            h = nnx.silu(deconv(h))
-        return self.out(h)
-
-
-class VAE(nnx.Module):
-    """The encoder and the decoder (one module: one graphdef, one parameter tree)."""
-
-    def __init__(self, *, image_size: int, channels: int, widths, latent_dim: int, rngs):
-        kwargs = dict(image_size=image_size, channels=channels, widths=tuple(widths),
-                      latent_dim=latent_dim, rngs=rngs)  # fmt: skip
-        self.encoder = Encoder(**kwargs)
-        self.decoder = Decoder(**kwargs)
+# The network (`nets.vae`) from the settings, and its output as images
 
 
 def to_images(h: jax.Array) -> jax.Array:
@@ -284,7 +222,7 @@ def check_settings(config: ml_collections.ConfigDict, name: str) -> None:
             f"config.data.image_size={size!r}: the {name} networks are built for "
             f"{' or '.join(map(str, IMAGE_SIZES))} px images (MNIST, Fashion-MNIST, CIFAR-10)."
         )
-    if not _levels_ok(size, widths):
+    if not levels_ok(size, widths):
         most = max(n for n in range(1, 6) if size % 2**n == 0)
         fail(
             "widths",

@@ -3,10 +3,10 @@ generator, judged by a conv discriminator D.
 
 Simplified from the paper: the reconstruction term is in pixel space (the VAE's "mse" or "bce"
 of `methods/vae.py`), not in D's feature space, and the encoder and decoder share one loss and
-one optimizer. The encoder/decoder are `vae.VAE`; D is stride-2 4x4 convs with leaky ReLU (one
-per entry of `disc_widths`) and a dense layer to one logit. Each step, for the batch x, its
-reconstructions x_r = tanh(dec(z)), z ~ q(z | x), and generated images x_p = tanh(dec(z_p)),
-z_p ~ N(0, I):
+one optimizer. The encoder/decoder are `nets.vae.VAE`; D (`nets.vae_gan.Discriminator`) is
+stride-2 4x4 convs with leaky ReLU (one per entry of `disc_widths`) and a dense layer to one
+logit. Each step, for the batch x, its reconstructions x_r = tanh(dec(z)), z ~ q(z | x), and
+generated images x_p = tanh(dec(z_p)), z_p ~ N(0, I):
 
   1. `d_update` (D's parameters only): one Adam step on the BCE-with-logits loss
          d_loss = softplus(-D(x)) + softplus(D(x_r)) + softplus(D(x_p))      (mean over the batch)
@@ -43,6 +43,7 @@ from diffusion_jax import state as state_lib
 from diffusion_jax.errors import UserError
 from diffusion_jax.methods import vae
 from diffusion_jax.methods.base import Method, SampleFn
+from diffusion_jax.nets.vae_gan import Discriminator
 
 
 def settings() -> ml_collections.ConfigDict:
@@ -64,26 +65,6 @@ class Static(NamedTuple):
 
     vae: nnx.GraphDef
     discriminator: nnx.GraphDef
-
-
-class Discriminator(nnx.Module):
-    """x [B, H, W, C] in [-1, 1] -> logit [B] of "x is a real image"."""
-
-    def __init__(self, *, image_size: int, channels: int, widths, rngs: nnx.Rngs):
-        ins = (channels, *widths[:-1])
-        self.convs = nnx.List(
-            [nnx.Conv(a, b, (4, 4), strides=2, rngs=rngs) for a, b in zip(ins, widths, strict=True)]
-        )
-        size = image_size
-        for _ in widths:
-            size = -(-size // 2)  # "SAME" stride-2: ceil(size / 2)
-        self.out = nnx.Linear(size * size * widths[-1], 1, rngs=rngs)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        h = x
-        for conv in self.convs:
-            h = jax.nn.leaky_relu(conv(h), 0.2)
-        return self.out(h.reshape(h.shape[0], -1))[:, 0]
 
 
 def validate(config: ml_collections.ConfigDict) -> None:

@@ -36,7 +36,7 @@ guidance's unconditional branch, and `y=None`) is the all-zero vector, as in the
 time conditioning t1 = t2 = 0; without classes c1 = c2 = 1.
 
 `__call__(x, t, y=None, *, train=False, rngs=None)` has the signature and semantics of
-`diffusion_jax.model.UNet` (x [B, 28, 28, C], t int [B] or scalar, y int [B] in
+`diffusion_jax.nets.unet.UNet` (x [B, 28, 28, C], t int [B] or scalar, y int [B] in
 [0, num_classes]; float32 out), so DDPM's train step, samplers and guidance use it unchanged.
 The single-step denoiser (no conditioning) takes `t=None`.
 
@@ -324,7 +324,7 @@ class CourseUNet(nnx.Module):
         y: jax.Array | None = None,
         *,
         train: bool = False,
-        rngs: nnx.Rngs | None = None,  # no dropout here: accepted for `model.UNet`'s signature
+        rngs: nnx.Rngs | None = None,  # no dropout here: accepted for `unet.UNet`'s signature
     ) -> jax.Array:
         del rngs
         if x.ndim != 4 or x.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, self.in_channels):

@@ -35,7 +35,7 @@ from jax.sharding import Mesh
 
 from diffusion_jax import checkpoint as checkpoint_lib
 from diffusion_jax import cpu_devices as cpu_devices_lib
-from diffusion_jax import editing, evaluate, methods, parallel, pretrained, sampling
+from diffusion_jax import edit_workflow, evaluate, methods, parallel, pretrained, sampling
 from diffusion_jax import state as state_lib
 from diffusion_jax.errors import UserError
 
@@ -142,7 +142,7 @@ class Pipeline:
         folder by default) and returns {"arrays": the edit's uint8 arrays, "paths": files}."""
         config = self._config("edit", kind=kind, **edit_settings)
         workdir = workdir or tempfile.mkdtemp(prefix="diffusion_jax_edit_")
-        paths = editing.run(config, workdir, weights=(self.params, self.step))
+        paths = edit_workflow.run(config, workdir, weights=(self.params, self.step))
         with np.load(paths[f"{config.edit.kind}.npz"]) as z:
             arrays = {k: z[k] for k in z.files}
         return {"arrays": arrays, "paths": paths}

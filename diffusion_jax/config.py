@@ -6,9 +6,12 @@ config and `--config.a.b=value` can override any of them. `state.validate_config
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import ml_collections
+
+from diffusion_jax.errors import UserError
 
 # The recipes, shipped inside the package (`configs/` at the repository root links here), so
 # `--config=cifar10` works from any directory once the package is installed.
@@ -27,6 +30,30 @@ def resolve_config_arg(value: str) -> str:
         return value
     recipe = CONFIGS_DIR / f"{path}.py"
     return f"{recipe}{sep}{argument}" if recipe.is_file() else value
+
+
+def parse_index_list(value, setting: str, what: str = "image indices") -> list[int]:
+    """The one grammar of the index-list settings (`edit.indices`, `edit.targets`,
+    `dip.indices`): comma-separated items, each a non-negative integer `N` or an inclusive
+    range `A-B` with A <= B ("0-7", "3,5,9", "0-3,8"; spaces and empty items are ignored), or
+    a tuple/list of such items, or one integer. Returns the integers in the order written
+    (ranges do not check bounds). Anything else raises `UserError` naming `setting`."""
+    if isinstance(value, (tuple, list)):
+        parts = [str(v).strip() for v in value]
+    elif isinstance(value, int) and not isinstance(value, bool):
+        parts = [str(value)]
+    else:
+        parts = [p.strip() for p in str(value).split(",") if p.strip()]
+    out: list[int] = []
+    for p in parts:
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", p)
+        if not m:
+            raise UserError(f"{setting}={value!r}: give {what} like '0-7' or '3,5,9'.")
+        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+        if hi < lo:
+            raise UserError(f"{setting}={value!r}: the range {p} is empty (write A-B, A <= B).")
+        out += list(range(lo, hi + 1))
+    return out
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -135,12 +162,12 @@ def base_config() -> ml_collections.ConfigDict:
     e.ref_stats = ml_collections.config_dict.placeholder(str)  # file; None = user cache
     e.weights = ml_collections.config_dict.placeholder(str)  # Inception weights file (see README)
 
-    # --mode=edit (diffusion_jax/editing.py): the toolbox of diffusion_jax/edit/ on the EMA
+    # --mode=edit (diffusion_jax/edit_workflow.py): the toolbox of diffusion_jax/edit/ on the EMA
     # weights, writing labelled figures and edit/<kind>.npz into the workdir. Defaults are the
     # demos of results/applications.md (class-conditional MNIST, T = 1000). The T-dependent ones
     # (noise_levels, stride, inpaint_stride, i_start, translate_i_start) default to "auto"
     # (0, (), -1): the T = 1000 demo value (in brackets below) scaled to the model's T by
-    # editing.resolve_defaults. Any value you set is used as given.
+    # edit_settings.resolve_defaults. Any value you set is used as given.
     c.edit = ed = ml_collections.ConfigDict()
     ed.kind = "denoise"  # denoise | sdedit | inpaint | translate | anagram | hybrid
     ed.indices = "0-7"  # images of ed.split by index ("0-7", "3,5,9"); used when ed.images = ""
@@ -174,6 +201,17 @@ def base_config() -> ml_collections.ConfigDict:
     ed.samples = 4
     ed.hybrid_kernel = 7  # Gaussian low-pass of the noise estimates at 28-32 px
     ed.hybrid_sigma = 1.0
+
+    # --mode=dip_prior (diffusion_jax/dip_prior.py): a DIP run's restored images as the start of
+    # this DDPM's reverse process, PSNR against the clean images. --config and --workdir are the
+    # DDPM run's (its EMA weights, null label); outputs land in workdir/dip_prior/.
+    c.dip_prior = dp = ml_collections.ConfigDict()
+    dp.dip_workdir = ""  # the DIP run's workdir, with report/dip.npz (its --mode=sample)
+    dp.dip_output = "restored"  # DIP's image: restored (output EMA) | best (oracle) | last
+    dp.t_starts = (25, 50, 100, 200, 400)  # SDEdit start timesteps
+    dp.stride = 10  # timestep stride of the reverse chains
+    dp.eta = 1.0  # 1 = ancestral DDPM steps, 0 = DDIM
+    dp.max_images = 0  # the first this many DIP images; 0 = all
     return c
 
 

@@ -225,6 +225,22 @@ def load_split(
     return Split(images=images, labels=labels, num_examples=n)
 
 
+def read_split(data_config: Any, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Every image (uint8 [N, H, W, C]) and label (int32 [N]) of `split` of a run's
+    `config.data` (dataset, data_dir, image_size, channels), in one shard, without a progress
+    bar: the fixed evaluation images of the held-out losses, the reports and `--mode=edit`."""
+    d = data_config
+    whole = load_split(
+        d.dataset,
+        split,
+        data_dir=d.data_dir,
+        image_size=d.image_size,
+        channels=d.channels,
+        progress=False,
+    )
+    return whole.images.reshape(-1, *whole.images.shape[2:]), whole.labels.reshape(-1)
+
+
 def check_data_dir(
     data_dir: str | os.PathLike, setting: str = "config.data.data_dir (or $TFDS_DATA_DIR)"
 ) -> None:

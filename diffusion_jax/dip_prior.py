@@ -1,40 +1,42 @@
-"""Deep Image Prior as a prior for DDPM: start DDPM's reverse process from DIP's restored images.
+"""`--mode=dip_prior`: start DDPM's reverse process from Deep Image Prior's restored images.
 
 The experiment (the course report's "DIP as prior"): a DIP run (`config.method = "dip"`,
 `diffusion_jax.methods.dip`) has restored noisy images y = clip(x + sigma n); a trained DDPM
 workdir then denoises, and every result is compared with the clean x by PSNR (dB, peak 1 on
 [0, 1] pixels, the DIP report's):
 
-- noisy input y and DIP output d (the DIP run's output EMA, or `--dip_output=best|last`);
+- noisy input y and DIP output d (the DIP run's output EMA, or `dip_output=best|last`);
 - DDPM from the noisy input directly: y read as a forward sample at the timestep t* whose noise
   level matches, sqrt((1 - abar_t*) / abar_t*) ~ sigma (model space), i.e. x_t* = sqrt(abar_t*) y,
   then one-step x0_hat and the iterative reverse process from t* (`edit.one_step_denoise`,
   `edit.iterative_denoise`, as `--mode=edit`'s denoising);
-- SDEdit from y and from d at each `--t_starts` t: forward-noised to t with the same noise
+- SDEdit from y and from d at each `t_starts` t: forward-noised to t with the same noise
   (`edit.forward_process`: one draw per image, shared by y and d, so the two are paired) and
   denoised iteratively from t; and the one-step estimate from the noised d.
 
 The network is the DDPM workdir's EMA weights (`sampling.load_ema_params`); class-conditional
-models denoise with the null label (`num_classes`), i.e. unconditionally. Image b's noise is
-`fold_in(fold_in(PRNGKey(seed), DIP_PRIOR_STREAM), b)` (`samplers.image_keys`).
+models denoise with the null label (`num_classes`), i.e. unconditionally
+(`state.labelled_fn`). Image b's noise is
+`fold_in(fold_in(PRNGKey(config.seed), DIP_PRIOR_STREAM), b)` (`samplers.image_keys`).
 
-    python -m diffusion_jax.dip_prior --dip_workdir=W1 --ddpm_config=configs/mnist_cond_cpu.py \\
-        --ddpm_workdir=W2 --out=DIR
+    python -m diffusion_jax.main --mode=dip_prior --config=configs/mnist_cond_cpu.py \\
+        --workdir=W2 --config.dip_prior.dip_workdir=W1
 
-reads W1/report/dip.npz (written by `--mode=sample` on the DIP workdir, `methods.dip.report`)
-and writes DIR/dip_prior.json, dip_prior.md (the PSNR tables), dip_prior.png (the images) and
-dip_prior.npz.
+runs on the DDPM config and workdir W2 (its checkpoint: `--checkpoint`), reads
+W1/report/dip.npz (written by `--mode=sample` on the DIP workdir, `methods.dip.report`) and
+writes W2/dip_prior/dip_prior.json, dip_prior.md (the PSNR tables), dip_prior.png (the images)
+and dip_prior.npz. The settings are `config.dip_prior.*` (config.py). The former command
+`python -m diffusion_jax.dip_prior --dip_workdir=...` stops with the equivalent `--mode`
+command (`main`).
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
 import logging
 import os
+import shlex
 import sys
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -47,8 +49,8 @@ from diffusion_jax.errors import UserError
 from diffusion_jax.pixels import psnr, quantize
 
 DIP_PRIOR_STREAM = 6
+OUTPUT_DIR = "dip_prior"
 DIP_REPORT = os.path.join("report", "dip.npz")
-DEFAULT_T_STARTS = (25, 50, 100, 200, 400)
 DIP_OUTPUTS = ("restored", "best", "last")
 
 # ---------------------------------------------------------------------------- pure core
@@ -108,9 +110,14 @@ def restore(
 def load_dip(dip_workdir: str, which: str = "restored") -> dict[str, np.ndarray]:
     """The DIP report's arrays (clean, noisy, the chosen output as `dip`, sigma_model, ...)."""
     if which not in DIP_OUTPUTS:
-        raise UserError(f"--dip_output={which!r}: use one of {', '.join(DIP_OUTPUTS)}.")
+        raise UserError(
+            f"config.dip_prior.dip_output={which!r}: use one of {', '.join(DIP_OUTPUTS)}."
+        )
     if not os.path.isdir(dip_workdir):
-        raise UserError(f"--dip_workdir={dip_workdir} is not a folder (a DIP run's workdir).")
+        raise UserError(
+            f"config.dip_prior.dip_workdir={dip_workdir!r} is not a folder: give a DIP run's "
+            "workdir (config.method='dip', after its --mode=sample report)."
+        )
     path = os.path.join(dip_workdir, DIP_REPORT)
     if not os.path.isfile(path):
         raise UserError(
@@ -127,23 +134,6 @@ def load_dip(dip_workdir: str, which: str = "restored") -> dict[str, np.ndarray]
         raise UserError(f"{path} lacks {missing}: not a DIP report (methods.dip.report).")
     arrays["dip"] = arrays[which]
     return arrays
-
-
-def load_config(path: str) -> ml_collections.ConfigDict:
-    """`get_config()` of a config file, validated."""
-    if not os.path.isfile(path):
-        raise UserError(f"--ddpm_config={path} does not exist.")
-    spec = importlib.util.spec_from_file_location(f"_djax_dip_prior_{Path(path).stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-        config = module.get_config()
-    except Exception as e:  # noqa: BLE001 - any failure of the user's file
-        raise UserError(f"--ddpm_config={path} does not load: {e}") from e
-    if config.get("method", "ddpm") != "ddpm":
-        raise UserError(f"--ddpm_config={path} is a {config.method!r} config, not a DDPM one.")
-    state_lib.validate_config(config)
-    return config
 
 
 def check_compatible(dip: dict[str, np.ndarray], config: ml_collections.ConfigDict) -> None:
@@ -177,15 +167,6 @@ BY_T = {
 }
 
 
-def _denoise_fn(config, graphdef, params, schedule, batch: int) -> Callable:
-    if config.model.num_classes:  # the null label: the unconditional estimate, one forward
-        config = config.copy_and_resolve_references()
-        config.sample.guidance = 1.0
-        null = jnp.full((batch,), config.model.num_classes, jnp.int32)
-        return state_lib.denoise_fn_for(config, graphdef, params, schedule, null)
-    return state_lib.denoise_fn_for(config, graphdef, params, schedule)
-
-
 def markdown(table: dict) -> str:
     """The two PSNR tables: one row per method, and SDEdit by start timestep."""
     lines = [
@@ -203,34 +184,68 @@ def markdown(table: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def check_method(config: ml_collections.ConfigDict) -> None:
+    """Refuses a config that is not a DDPM run: the experiment denoises with a diffusion model."""
+    method = config.get("method", "ddpm")
+    if method != "ddpm":
+        raise UserError(
+            f"--mode=dip_prior denoises with a DDPM: config.method={method!r} is not one. Give "
+            "the config and workdir of a DDPM run (e.g. configs/mnist_cond_cpu.py) and the DIP "
+            "run as --config.dip_prior.dip_workdir."
+        )
+
+
+def validate(config: ml_collections.ConfigDict) -> list[int]:
+    """`config.dip_prior`'s settings checked (nothing read yet); returns the start timesteps."""
+    p, num_t = config.dip_prior, int(config.diffusion.num_timesteps)
+    if not str(p.dip_workdir).strip():
+        raise UserError(
+            "--mode=dip_prior needs the DIP run: --config.dip_prior.dip_workdir=<its workdir>."
+        )
+    if p.dip_output not in DIP_OUTPUTS:
+        raise UserError(
+            f"config.dip_prior.dip_output={p.dip_output!r}: use one of {', '.join(DIP_OUTPUTS)}."
+        )
+    values = p.t_starts if isinstance(p.t_starts, (tuple, list)) else (p.t_starts,)
+    if not values or not all(isinstance(t, int) and not isinstance(t, bool) for t in values):
+        raise UserError(
+            f"config.dip_prior.t_starts={p.t_starts!r}: give integer timesteps like (25, 50, 100)."
+        )
+    t_starts = [int(t) for t in values]
+    if any(not 0 <= t < num_t for t in t_starts):
+        raise UserError(
+            f"config.dip_prior.t_starts={tuple(t_starts)}: give timesteps in [0, {num_t})."
+        )
+    if not (isinstance(p.stride, int) and 1 <= p.stride <= num_t):
+        raise UserError(f"config.dip_prior.stride={p.stride!r} must be an integer in [1, {num_t}].")
+    if not (isinstance(p.eta, (int, float)) and 0 <= p.eta <= 1):
+        raise UserError(f"config.dip_prior.eta={p.eta!r} must be in [0, 1].")
+    if not (isinstance(p.max_images, int) and p.max_images >= 0):
+        raise UserError(f"config.dip_prior.max_images={p.max_images!r} must be >= 0 (0 = all).")
+    return t_starts
+
+
 def run(
-    dip_workdir: str,
-    ddpm_config: str,
-    ddpm_workdir: str,
-    out: str,
+    config: ml_collections.ConfigDict,
+    workdir: str,
     *,
     checkpoint: str | None = None,
-    t_starts: Sequence[int] = DEFAULT_T_STARTS,
-    stride: int = 10,
-    eta: float = 1.0,
-    dip_output: str = "restored",
-    seed: int = 0,
-    max_images: int = 0,
+    config_file: str | None = None,
 ) -> dict:
-    """The experiment; returns the table (also in out/dip_prior.json)."""
+    """`--mode=dip_prior` on the DDPM run `workdir` (`config` its config, from `config_file`):
+    the experiment of the module doc; returns the table (also in workdir/dip_prior/)."""
+    check_method(config)
+    state_lib.validate_config(config)
+    t_starts = validate(config)
+    p = config.dip_prior
+    dip_workdir, dip_output = str(p.dip_workdir), str(p.dip_output)
+    stride, eta, seed = int(p.stride), float(p.eta), int(config.seed)
     dip = load_dip(dip_workdir, dip_output)
-    config = load_config(ddpm_config)
     check_compatible(dip, config)
-    num_t = int(config.diffusion.num_timesteps)
-    t_starts = [int(t) for t in t_starts]
-    if not t_starts or any(not 0 <= t < num_t for t in t_starts):
-        raise UserError(f"--t_starts={t_starts}: give timesteps in [0, {num_t}).")
-    if not 1 <= stride <= num_t:
-        raise UserError(f"--stride={stride} must be in [1, {num_t}].")
-    if not 0 <= eta <= 1:
-        raise UserError(f"--eta={eta} must be in [0, 1].")
-    if not os.path.isdir(ddpm_workdir):
-        raise UserError(f"--ddpm_workdir={ddpm_workdir} is not a folder (a trained DDPM run).")
+    if not os.path.isdir(workdir):
+        raise UserError(f"--workdir={workdir} is not a folder: give a trained DDPM run.")
+    out = os.path.join(workdir, OUTPUT_DIR)
+    max_images = int(p.max_images)
     n = len(dip["clean"]) if max_images <= 0 else min(max_images, len(dip["clean"]))
     clean, noisy, restored = (np.asarray(dip[k][:n], np.float32) for k in ("clean", "noisy", "dip"))
     sigma = float(dip["sigma_model"])
@@ -238,11 +253,13 @@ def run(
     mesh = parallel.make_mesh()
     graphdef = state_lib.graphdef_of(config)
     schedule = state_lib.build_schedule(config)
-    params, step = sampling.load_ema_params(config, ddpm_workdir, mesh, checkpoint)
+    params, step = sampling.load_ema_params(config, workdir, mesh, checkpoint)
     keys = samplers.image_keys(jax.random.fold_in(jax.random.PRNGKey(seed), DIP_PRIOR_STREAM), n)
+    num_classes = int(config.model.num_classes)
 
     def fn(params, noisy, restored, keys):
-        denoise = _denoise_fn(config, graphdef, params, schedule, n)
+        cond = state_lib.eps_fn_for(config, graphdef, params, schedule)
+        denoise = state_lib.labelled_fn(cond, num_classes)  # null label: the unconditional eps
         return restore(
             denoise, schedule, noisy, restored, keys, sigma=sigma, t_starts=t_starts,
             stride=stride, eta=eta,
@@ -264,8 +281,8 @@ def run(
         "dip_workdir": dip_workdir,
         "dip_output": dip_output,
         "dip_step": int(dip["step"]) if "step" in dip else None,
-        "ddpm_config": ddpm_config,
-        "ddpm_workdir": ddpm_workdir,
+        "ddpm_config": config_file,
+        "ddpm_workdir": workdir,
         "ddpm_step": int(step),
         "num_images": n,
         "indices": [int(i) for i in dip["indices"][:n]] if "indices" in dip else None,
@@ -315,58 +332,52 @@ def run(
             row_labels=names,
             title=f"DIP as a prior for DDPM (PSNR dB; DDPM EMA step {step}, stride {stride})",
         )
-        logging.info("Wrote %s/dip_prior.{json,md,png,npz}", out)
+        logging.info("%sWrote %s/dip_prior.{json,md,png,npz}", markdown(table), out)
     return table
 
 
+OLD_FLAGS = {  # the former `python -m diffusion_jax.dip_prior` flags -> today's flags
+    "--ddpm_config": "--config",
+    "--ddpm_workdir": "--workdir",
+    "--checkpoint": "--checkpoint",
+    "--dip_workdir": "--config.dip_prior.dip_workdir",
+    "--t_starts": "--config.dip_prior.t_starts",
+    "--stride": "--config.dip_prior.stride",
+    "--eta": "--config.dip_prior.eta",
+    "--dip_output": "--config.dip_prior.dip_output",
+    "--seed": "--config.seed",
+    "--max_images": "--config.dip_prior.max_images",
+}
+
+
+def mode_command(argv: Sequence[str]) -> str:
+    """The `--mode=dip_prior` command for the former entry point's flags (`--out` is dropped:
+    the outputs are in <workdir>/dip_prior/; unknown flags are kept as they are)."""
+    pairs, i = [], 0
+    while i < len(argv):
+        name, eq, value = argv[i].partition("=")
+        if not eq and i + 1 < len(argv) and name in (*OLD_FLAGS, "--out"):
+            value, i = argv[i + 1], i + 1
+        i += 1
+        if name == "--out":
+            continue
+        if name == "--t_starts":
+            value = "(" + ",".join(v.strip() for v in value.split(",") if v.strip()) + ",)"
+        flag = OLD_FLAGS.get(name, name)
+        pairs.append(f"{flag}={value}" if eq or name in OLD_FLAGS else flag)
+    return shlex.join(["python", "-m", "diffusion_jax.main", "--mode=dip_prior", *pairs])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m diffusion_jax.dip_prior",
-        description="DIP's restored images as the start of DDPM's reverse process (SDEdit), "
-        "PSNR against the clean images.",
+    """The former entry point: says the command that replaces it and exits 2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    print(
+        "error: python -m diffusion_jax.dip_prior is now a mode of the CLI, with the shared "
+        "config loader (config.dip_prior.*) and the outputs in <workdir>/dip_prior/. Run:\n  "
+        + mode_command(argv),
+        file=sys.stderr,
     )
-    p.add_argument("--dip_workdir", required=True, help="a DIP run (with report/dip.npz)")
-    p.add_argument("--ddpm_config", required=True, help="the DDPM workdir's config file")
-    p.add_argument("--ddpm_workdir", required=True, help="a trained DDPM run")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--checkpoint", default=None, help="DDPM step, 'latest' or 'best'")
-    p.add_argument(
-        "--t_starts",
-        default=",".join(map(str, DEFAULT_T_STARTS)),
-        help="SDEdit start timesteps, comma-separated",
-    )
-    p.add_argument("--stride", type=int, default=10, help="timestep stride of the reverse chain")
-    p.add_argument("--eta", type=float, default=1.0, help="1 = ancestral DDPM steps, 0 = DDIM")
-    p.add_argument("--dip_output", default="restored", choices=DIP_OUTPUTS)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max_images", type=int, default=0, help="0 = every DIP image")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        try:
-            t_starts = [int(t) for t in args.t_starts.split(",") if t.strip()]
-        except ValueError:
-            raise UserError(
-                f"--t_starts={args.t_starts!r}: give integers like 25,50,100."
-            ) from None
-        table = run(
-            args.dip_workdir,
-            args.ddpm_config,
-            args.ddpm_workdir,
-            args.out,
-            checkpoint=args.checkpoint,
-            t_starts=t_starts,
-            stride=args.stride,
-            eta=args.eta,
-            dip_output=args.dip_output,
-            seed=args.seed,
-            max_images=args.max_images,
-        )
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(markdown(table), end="")
-    return 0
+    return 2
 
 
 if __name__ == "__main__":

@@ -35,16 +35,7 @@ def timestep_grid(num_timesteps: int, count: int) -> np.ndarray:
 
 def heldout_images(config: ml_collections.ConfigDict) -> tuple[np.ndarray, np.ndarray]:
     """The first `heldout_examples` test images (uint8) and labels, on the host."""
-    split = data.load_split(
-        config.data.dataset,
-        "test",
-        data_dir=config.data.data_dir,
-        image_size=config.data.image_size,
-        channels=config.data.channels,
-        progress=False,
-    )
-    images = split.images.reshape(-1, *split.images.shape[2:])
-    labels = split.labels.reshape(-1)
+    images, labels = data.read_split(config.data, "test")
     n = int(config.train.heldout_examples)
     if n > len(images):
         logging.info("Held-out loss: the test split has %d images (< %d); using all of them.",

@@ -4,6 +4,7 @@
                            checkout links there), or any config file's path
 
     --mode=train (default) | sample | eval | fid_stats | train_and_eval | eval_watch | edit
+           | dip_prior (a DIP run's images through this DDPM: --config.dip_prior.dip_workdir=W)
            | export (a checkpoint's EMA weights as a model folder: --export_to=FOLDER)
     --pretrained=NAME|DIR  sample/eval/edit with a shipped model (no training, no --config)
     --watch_timeout=S      eval_watch: exit after S seconds without a new checkpoint
@@ -42,7 +43,8 @@ from diffusion_jax import (
     checkpoint,
     cpu_devices,
     data,
-    editing,
+    dip_prior,
+    edit_workflow,
     evaluate,
     methods,
     parallel,
@@ -103,7 +105,11 @@ def _eval_watch(config: ml_collections.ConfigDict, args: RunArgs) -> None:
 
 
 def _edit(config: ml_collections.ConfigDict, args: RunArgs) -> None:
-    editing.run(config, args.workdir, checkpoint=args.checkpoint)
+    edit_workflow.run(config, args.workdir, checkpoint=args.checkpoint)
+
+
+def _dip_prior(config: ml_collections.ConfigDict, args: RunArgs) -> None:
+    dip_prior.run(config, args.workdir, checkpoint=args.checkpoint, config_file=args.config_file)
 
 
 def _export(config: ml_collections.ConfigDict, args: RunArgs) -> None:
@@ -121,6 +127,7 @@ MODES: dict[str, Callable[[ml_collections.ConfigDict, RunArgs], object]] = {
     "train_and_eval": _train_and_eval,
     "eval_watch": _eval_watch,
     "edit": _edit,
+    "dip_prior": _dip_prior,
     "export": _export,
 }
 PRETRAINED_MODES = ("sample", "eval", "edit")  # the modes --pretrained serves
@@ -245,7 +252,8 @@ WORKDIR_FOLDERS = (
     train.SAMPLES_DIR,  # training's sample grids
     evaluate.OUTPUT_DIR,  # eval, eval_watch, train_and_eval
     sampling.OUTPUT_DIR,  # sample
-    editing.OUTPUT_DIR,  # edit
+    edit_workflow.OUTPUT_DIR,  # edit
+    dip_prior.OUTPUT_DIR,  # dip_prior
     REPORT_DIR,  # sample, for the methods with a report (denoiser, DIP)
 )
 

@@ -4,8 +4,8 @@ Every picture, every FID image and every saved array of pixels goes through `qua
 PNG, the FID statistics and a figure hold the same bytes for the same float image. This module
 sits below every user (the FID package, the methods, the figures, the workflows) in the layers
 of pyproject.toml and imports nothing of the project but `errors`. `to_8bit` is the one rule
-for image files wider than 8 bits (16-bit PNGs, 32-bit and float TIFFs); `psnr` the one PSNR
-of model-space images.
+for image files wider than 8 bits (16-bit PNGs, 32-bit and float TIFFs); `psnr_from_mse` the
+one PSNR formula (`psnr` of model-space images; the denoiser's of [0, 1] pixels).
 """
 
 from __future__ import annotations
@@ -80,12 +80,21 @@ def to_8bit(img: Any, name: str) -> Any:
     return Image.fromarray(scaled.astype(np.uint8))
 
 
+def psnr_from_mse(mse: Any, peak: float, floor: float) -> Any:
+    """The one PSNR formula: 10 log10(peak^2 / max(MSE, floor)) dB, for an MSE in the units
+    whose peak-to-peak range is `peak` (2 in model space, 1 on [0, 1] pixels). JAX arrays (also
+    inside jit) stay JAX, anything else is NumPy."""
+    xp = jnp if isinstance(mse, jax.Array) else np
+    return 10.0 * xp.log10(peak**2 / xp.maximum(mse, floor))
+
+
 def psnr(x: Any, ref: Any) -> Any:
     """Per-image PSNR (dB) of model-space images in [-1, 1] against `ref`: peak-to-peak 2, i.e.
-    PSNR on [0, 1] pixels, 10 log10(4 / MSE) with MSE floored at 1e-12. NumPy arrays in float64,
-    JAX arrays (also inside jit) in their own dtype; the mean runs over all axes but the first."""
+    PSNR on [0, 1] pixels, 10 log10(4 / MSE) with MSE floored at 1e-12 (`psnr_from_mse`). NumPy
+    arrays in float64, JAX arrays (also inside jit) in their own dtype; the mean runs over all
+    axes but the first."""
     if isinstance(x, jax.Array) or isinstance(ref, jax.Array):
         mse = jnp.mean((x - ref) ** 2, axis=tuple(range(1, jnp.ndim(x))))
-        return 10.0 * jnp.log10(4.0 / jnp.maximum(mse, 1e-12))
-    mse = np.mean((np.asarray(x, np.float64) - ref) ** 2, axis=tuple(range(1, np.ndim(x))))
-    return 10.0 * np.log10(4.0 / np.maximum(mse, 1e-12))
+    else:
+        mse = np.mean((np.asarray(x, np.float64) - ref) ** 2, axis=tuple(range(1, np.ndim(x))))
+    return psnr_from_mse(mse, 2.0, 1e-12)

@@ -221,6 +221,48 @@ def abstract_train_state(
     return graphdef, with_sharding
 
 
+def eps_fn_for(
+    config: ml_collections.ConfigDict,
+    graphdef: nnx.GraphDef,
+    params: nnx.State,
+    schedule: diffusion.Schedule,
+):
+    """The network as eps(x_t, t, labels or None) for the given (EMA or any) parameters:
+    x0/v predictions converted to eps. Labels are [B] ints (`num_classes` = the null label) on
+    class-conditional models, None on unconditional ones. `denoise_fn_for` and the toolbox
+    (`edit_workflow.Model`, `dip_prior`) all build on it."""
+    model = nnx.merge(graphdef, params)
+    prediction = config.diffusion.prediction
+
+    def cond_fn(x, t, y=None):
+        return diffusion.eps_from_output(schedule, x, t, model(x, t, y), prediction)
+
+    return cond_fn
+
+
+def labelled_fn(
+    cond_fn, num_classes: int, labels: jax.Array | int | None = None, guidance: float = 1.0
+) -> diffusion.DenoiseFn:
+    """An eps(x_t, t, labels) function (`eps_fn_for`) as the (x_t, t) -> eps the samplers take:
+    the plain model on unconditional models (`num_classes` 0; labels ignored); on conditional
+    ones the null label's estimate (the unconditional one, one forward) when `labels` is None,
+    else classifier-free guidance with weight `guidance` toward `labels` ([B] ints, or one
+    class for every image)."""
+    if not num_classes:
+        return lambda x, t: cond_fn(x, t, None)
+    if labels is None:
+        return lambda x, t: cond_fn(x, t, jnp.full(x.shape[:1], num_classes, jnp.int32))
+    if isinstance(labels, int):
+        label = labels
+
+        def guided(x, t):
+            y = jnp.full(x.shape[:1], label, jnp.int32)
+            return samplers.classifier_free_guidance(cond_fn, y, guidance, num_classes)(x, t)
+
+        return guided
+    return samplers.classifier_free_guidance(cond_fn, labels, guidance, num_classes)
+
+
 def denoise_fn_for(
     config: ml_collections.ConfigDict,
     graphdef: nnx.GraphDef,
@@ -233,19 +275,11 @@ def denoise_fn_for(
     Converts x0/v predictions to eps, and for class-conditional models applies classifier-free
     guidance with `config.sample.guidance` toward `labels`.
     """
-    model = nnx.merge(graphdef, params)
-    prediction = config.diffusion.prediction
-
-    def cond_fn(x, t, y):
-        return diffusion.eps_from_output(schedule, x, t, model(x, t, y), prediction)
-
-    if config.model.num_classes:
-        if labels is None:
-            raise ValueError("a class-conditional model needs labels to sample")
-        return samplers.classifier_free_guidance(
-            cond_fn, labels, config.sample.guidance, config.model.num_classes
-        )
-    return lambda x, t: cond_fn(x, t, None)
+    num_classes = config.model.num_classes
+    if num_classes and labels is None:
+        raise ValueError("a class-conditional model needs labels to sample")
+    cond_fn = eps_fn_for(config, graphdef, params, schedule)
+    return labelled_fn(cond_fn, num_classes, labels, config.sample.guidance)
 
 
 def record_steps(config: ml_collections.ConfigDict, count: int = 8) -> tuple[int, ...]:

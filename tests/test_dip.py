@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 from pathlib import Path
 
 import jax
@@ -339,21 +340,54 @@ def _fake_dip_report(workdir: Path, size: int) -> None:
              sigma_model=np.float32(50 / 255), indices=np.arange(2), dataset="mnist")  # fmt: skip
 
 
-def test_dip_prior_user_errors(tmp_path, capsys):
-    ddpm_config = str(CONFIGS / "mnist_cond_cpu.py")
-    args = ["--ddpm_config", ddpm_config, "--ddpm_workdir", str(tmp_path / "nope")]
-    args += ["--out", str(tmp_path / "out")]
+def _dip_prior_config(dip_workdir: Path, **settings) -> ml_collections.ConfigDict:
+    config = from_sibling(str(CONFIGS / "mnist_cond_cpu.py"), "mnist_cond_cpu")
+    config.dip_prior.dip_workdir = str(dip_workdir)
+    for key, value in settings.items():
+        config.dip_prior[key] = value
+    return config
 
-    def fails(dip_workdir, match, extra=()):
-        assert dip_prior.main(["--dip_workdir", str(dip_workdir), *args, *extra]) == 2
-        assert match in capsys.readouterr().err
 
+def test_dip_prior_user_errors(tmp_path):
+    """--mode=dip_prior (`dip_prior.run`, the DDPM run's config and workdir) refuses each
+    mistake with a UserError before any weights are read, and writes nothing."""
+    workdir = tmp_path / "nope"
+
+    def fails(dip_workdir, match, **settings):
+        with pytest.raises(UserError, match=re.escape(match)):
+            dip_prior.run(_dip_prior_config(dip_workdir, **settings), str(workdir))
+
+    fails("", "needs the DIP run")
     fails(tmp_path / "missing", "is not a folder")
     (tmp_path / "empty").mkdir()
     fails(tmp_path / "empty", "run the DIP report first")
     _fake_dip_report(tmp_path / "small", 16)
     fails(tmp_path / "small", "The DIP images are 16x16")
     _fake_dip_report(tmp_path / "ok", 28)
-    fails(tmp_path / "ok", "--t_starts=[1000]", ["--t_starts", "1000"])
-    fails(tmp_path / "ok", "--ddpm_workdir=")
-    assert not (tmp_path / "out").exists()
+    fails(tmp_path / "ok", "config.dip_prior.t_starts=(1000,)", t_starts=(1000,))
+    fails(tmp_path / "ok", "config.dip_prior.t_starts=(25, 2.5)", t_starts=(25, 2.5))
+    fails(tmp_path / "ok", "config.dip_prior.dip_output='first'", dip_output="first")
+    fails(tmp_path / "ok", "config.dip_prior.stride=0", stride=0)
+    fails(tmp_path / "ok", f"--workdir={workdir} is not a folder")
+    assert not workdir.exists()
+    dip_config = from_sibling(str(CONFIGS / "dip.py"), "dip")
+    with pytest.raises(UserError, match="is not one"):
+        dip_prior.run(dip_config, str(tmp_path))
+
+
+def test_the_former_dip_prior_command_names_the_mode(capsys):
+    """`python -m diffusion_jax.dip_prior ...` stops (exit 2) with the equivalent --mode command."""
+    old = ["--dip_workdir", "W1", "--ddpm_config=c.py", "--ddpm_workdir", "W2", "--out", "D"]
+    assert dip_prior.main([*old, "--t_starts", "25,50", "--seed=3"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "python -m diffusion_jax.main --mode=dip_prior --config.dip_prior.dip_workdir=W1 "
+        "--config=c.py --workdir=W2 '--config.dip_prior.t_starts=(25,50,)' --config.seed=3"
+    ) in err
+
+
+def test_dip_prior_is_a_mode_of_the_cli():
+    from diffusion_jax import main
+
+    assert main.MODES["dip_prior"].__name__ == "_dip_prior"
+    assert dip_prior.OUTPUT_DIR in main.WORKDIR_FOLDERS

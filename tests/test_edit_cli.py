@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from train_utils import REPO, compilation_cache, no_traceback, run_main, tiny_config
 
-from diffusion_jax import editing, train
+from diffusion_jax import edit_inputs, edit_workflow, train
 from diffusion_jax.config import from_sibling
 from diffusion_jax.errors import UserError
 
@@ -70,7 +70,7 @@ def test_every_kind_writes_its_figures_and_npz(trained, tmp_path, kind, extra, f
         extra = {**extra, "images": user_png(tmp_path / "drawing.png")}
     config = edit_config(data_dir, kind=kind, **extra)
     with compilation_cache():
-        paths = editing.run(config, str(workdir))
+        paths = edit_workflow.run(config, str(workdir))
     for name in files + [f"{kind}.npz"]:
         assert (workdir / "edit" / name).is_file(), name
     with np.load(workdir / "edit" / f"{kind}.npz") as npz:
@@ -94,12 +94,12 @@ def test_every_kind_writes_its_figures_and_npz(trained, tmp_path, kind, extra, f
 
 
 def test_convert_image_crops_resizes_and_inverts(tmp_path):
-    img = editing._open_image(user_png(tmp_path / "a.png", (60, 30), "RGB"))
-    assert editing.convert_image(img, 28, 3).shape == (28, 28, 3)
+    img = edit_inputs.open_image(user_png(tmp_path / "a.png", (60, 30), "RGB"))
+    assert edit_inputs.convert_image(img, 28, 3).shape == (28, 28, 3)
     white = Image.new("RGB", (40, 50), (255, 255, 255))
-    assert editing.convert_image(white, 28, 1, "auto").max() == 0  # light border: inverted
-    assert editing.convert_image(white, 28, 1, False).min() == 255
-    assert editing.convert_image(white, 28, 3, "auto").min() == 255  # RGB models: never
+    assert edit_inputs.convert_image(white, 28, 1, "auto").max() == 0  # light border: inverted
+    assert edit_inputs.convert_image(white, 28, 1, False).min() == 255
+    assert edit_inputs.convert_image(white, 28, 3, "auto").min() == 255  # RGB models: never
 
 
 BAD = [
@@ -124,7 +124,7 @@ def test_bad_settings_are_refused_before_anything_is_read(
 ):
     config = edit_config(tiny_mnist_dir, num_classes=num_classes, **settings)
     with pytest.raises(UserError, match=message) as err:
-        editing.run(config, str(tmp_path))  # no checkpoint there: refused before reading it
+        edit_workflow.run(config, str(tmp_path))  # no checkpoint there: refused before reading it
     assert "\n" not in str(err.value)
     assert not (tmp_path / "edit").exists()
 
@@ -148,7 +148,7 @@ def test_bad_files_are_refused_and_nothing_is_written(trained, tmp_path):
     )
     for settings, message in cases:
         with pytest.raises(UserError, match=message):
-            editing.run(edit_config(data_dir, **settings), str(workdir))
+            edit_workflow.run(edit_config(data_dir, **settings), str(workdir))
         after = (
             sorted(p.name for p in (workdir / "edit").glob("*"))
             if (workdir / "edit").exists()
@@ -173,7 +173,7 @@ def test_editing_run_refuses_a_config_that_is_not_ddpm(tmp_path, recipe):
     with pytest.raises(
         UserError, match=rf"config.method='{config.method}' is not a diffusion"
     ) as e:
-        editing.run(config, str(tmp_path))  # refused before any checkpoint is looked for
+        edit_workflow.run(config, str(tmp_path))  # refused before any checkpoint is looked for
     assert "\n" not in str(e.value) and "config.method='ddpm'" in str(e.value)  # what to do
     assert not (tmp_path / "edit").exists()
 

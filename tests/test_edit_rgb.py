@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from train_utils import compilation_cache, tiny_config
 
-from diffusion_jax import data, editing, pixels, train
+from diffusion_jax import data, edit_settings, edit_workflow, pixels, train
 from diffusion_jax.config import base_config
 from diffusion_jax.errors import UserError
 
@@ -103,23 +103,23 @@ def test_defaults_are_scaled_to_t_and_set_values_are_kept():
     ]:
         config = base_config()
         config.diffusion.num_timesteps = num_t
-        resolved, notes = editing.resolve_defaults(config)
+        resolved, notes = edit_settings.resolve_defaults(config)
         e = resolved.edit
         got = (tuple(e.noise_levels), e.stride, e.inpaint_stride, tuple(e.i_start))
         assert got + (e.translate_i_start,) == expected, num_t
         assert len(notes) == 6  # a header and the five settings, at every T (logged)
         assert config.edit.stride == 0  # the caller's config is not changed (still auto)
-        grid = editing.edit.strided_timesteps(num_t, e.stride)
+        grid = edit_settings.edit.strided_timesteps(num_t, e.stride)
         # the SDEdit starts keep their fraction of the grid: 20 / 34 of the way down
         assert abs(e.i_start[-1] / len(grid) - 20 / 34) < 0.5 / len(grid) + 1e-9
-        for kind in editing.KINDS:  # every kind's defaults now fit T (classes: conditional)
+        for kind in edit_settings.KINDS:  # every kind's defaults now fit T (classes: conditional)
             resolved.edit.kind = kind
             resolved.model.num_classes = 10
-            editing._validate(resolved)
+            edit_settings.validate(resolved)
     config = base_config()
     config.diffusion.num_timesteps = 300
     config.edit.noise_levels, config.edit.stride, config.edit.i_start = (10, 290), 10, (2, 29)
-    resolved, notes = editing.resolve_defaults(config)
+    resolved, notes = edit_settings.resolve_defaults(config)
     assert (tuple(resolved.edit.noise_levels), resolved.edit.stride) == ((10, 290), 10)
     assert tuple(resolved.edit.i_start) == (2, 29)  # set by the user: kept (grid of 30)
     # the defaults left alone follow: inpaint stride to T, translate's start to the 30-step grid
@@ -133,7 +133,7 @@ def test_a_set_value_equal_to_a_t1000_demo_value_is_used_as_given():
     config.diffusion.num_timesteps = 300
     config.edit.stride = 30
     config.edit.translate_i_start = 0  # 0 is a start (the noisiest), not "auto"
-    resolved, notes = editing.resolve_defaults(config)
+    resolved, notes = edit_settings.resolve_defaults(config)
     e = resolved.edit
     assert (e.stride, e.translate_i_start) == (30, 0)
     assert tuple(e.noise_levels) == (75, 150, 225) and e.inpaint_stride == 1  # auto: scaled
@@ -144,15 +144,15 @@ def test_a_set_value_equal_to_a_t1000_demo_value_is_used_as_given():
             "i_start": (1, 3, 5, 7), "translate_i_start": 9}  # fmt: skip
     for k, v in demo.items():
         config.edit[k] = v
-    resolved, notes = editing.resolve_defaults(config)
+    resolved, notes = edit_settings.resolve_defaults(config)
     assert {k: resolved.edit[k] for k in demo} == demo and notes == []
     resolved.model.num_classes = 10
     for kind in ("sdedit", "inpaint", "translate"):
         resolved.edit.kind = kind
-        editing._validate(resolved)  # they fit T = 300
+        edit_settings.validate(resolved)  # they fit T = 300
     resolved.edit.kind = "denoise"  # t = 500, 750 do not: refused as given, not rescaled
     with pytest.raises(UserError, match=r"noise_levels=\(250, 500, 750\).*\[0, 300\)"):
-        editing._validate(resolved)
+        edit_settings.validate(resolved)
 
 
 def test_set_values_that_do_not_fit_t_are_refused_naming_the_setting(tmp_path):
@@ -165,7 +165,7 @@ def test_set_values_that_do_not_fit_t_are_refused_naming_the_setting(tmp_path):
         config = rgb_config(str(tmp_path), **settings)  # no data, no checkpoint: refused first
         config.diffusion.num_timesteps = 300
         with pytest.raises(UserError, match=message):
-            editing.run(config, str(tmp_path))
+            edit_workflow.run(config, str(tmp_path))
         assert not (tmp_path / "edit").exists()
 
 
@@ -175,7 +175,7 @@ def test_set_values_that_do_not_fit_t_are_refused_naming_the_setting(tmp_path):
 def test_denoise_rgb_with_t_scaled_levels(rgb_workdir, rgb_arrays):
     data_dir, workdir = rgb_workdir
     with compilation_cache():
-        paths = editing.run(rgb_config(data_dir, kind="denoise"), str(workdir))
+        paths = edit_workflow.run(rgb_config(data_dir, kind="denoise"), str(workdir))
     arrays = npz(workdir, "denoise")
     assert arrays["timesteps"].tolist() == [13, 25, 38]  # (250, 500, 750) of T = 1000
     test_images = rgb_arrays["test"][0]  # TFDS stores the split in its own order
@@ -203,7 +203,7 @@ def test_sdedit_rgb_files_and_strength_near_zero_returns_the_input(rgb_workdir, 
     Image.fromarray(g, "L").save(grey, quality=95)
     config = rgb_config(data_dir, kind="sdedit", images=f"{colour},{grey}", strength=(0.05, 1.0))
     with compilation_cache():
-        editing.run(config, str(workdir))
+        edit_workflow.run(config, str(workdir))
     arrays = npz(workdir, "sdedit")
     x = arrays["inputs"]
     assert x.shape == (2, 32, 32, 3) and arrays["outputs"].shape == (2, 2, 32, 32, 3)
@@ -232,7 +232,7 @@ def test_inpaint_rgb_keeps_the_known_pixels_in_every_channel(rgb_workdir, tmp_pa
     mask = str(tmp_path / "band.png")
     Image.fromarray(m, "L").save(mask)
     with compilation_cache():
-        paths = editing.run(rgb_config(data_dir, kind="inpaint", mask=mask), str(workdir))
+        paths = edit_workflow.run(rgb_config(data_dir, kind="inpaint", mask=mask), str(workdir))
     arrays = npz(workdir, "inpaint")
     x = arrays["inputs"]
     assert x.shape == (2, 32, 32, 3) and arrays["keep_mask"].shape == (2, 32, 32, 1)
@@ -252,6 +252,6 @@ def test_class_kinds_on_the_unconditional_rgb_workdir_are_refused(rgb_workdir, k
     data_dir, workdir = rgb_workdir
     before = edit_files(workdir)
     with pytest.raises(UserError, match=f"kind={kind} needs a class-conditional model") as err:
-        editing.run(rgb_config(data_dir, kind=kind), str(workdir))
+        edit_workflow.run(rgb_config(data_dir, kind=kind), str(workdir))
     assert "\n" not in str(err.value)
     assert edit_files(workdir) == before

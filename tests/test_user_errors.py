@@ -27,7 +27,7 @@ from train_utils import (
     tiny_config,
 )
 
-from diffusion_jax import checkpoint, data, editing, main, train
+from diffusion_jax import checkpoint, data, edit_inputs, edit_settings, main, train
 from diffusion_jax import state as state_lib
 from diffusion_jax.errors import CheckpointError, DataNotFoundError, UserError
 from diffusion_jax.fid import FidStatistics, save_statistics
@@ -567,7 +567,7 @@ def test_every_pil_mode_reads_as_its_8_bit_values(tmp_path, mode):
     gradient read as 99.5% white, in edit inputs, masks and the FID CLI's folder reader."""
     path, expected = _gradient_file(tmp_path, mode)
     tolerance = 2 if mode == "CMYK" else 0
-    edit_input = editing.convert_image(editing._open_image(str(path)), 32, 1, invert=False)
+    edit_input = edit_inputs.convert_image(edit_inputs.open_image(str(path)), 32, 1, invert=False)
     assert np.abs(edit_input[..., 0].astype(int) - expected[:, 16:48]).max() <= tolerance
     fid_image = fid_cli._load_image(path)
     assert fid_image.shape[:2] == (32, 64)
@@ -585,12 +585,12 @@ def test_wide_masks_and_out_of_range_files(tmp_path):
             tmp_path / name
         )
         config.edit.mask = str(tmp_path / name)
-        keep, _ = editing.load_mask(config, 1)
+        keep, _ = edit_inputs.load_mask(config, 1)
         np.testing.assert_array_equal(keep[0, ..., 0], half)  # F 1.0 was 1/255: refused as grey
     Image.fromarray(np.full((4, 4), 70000, np.int32)).save(tmp_path / "big.tif")
     Image.fromarray(np.full((4, 4), 2.0, np.float32)).save(tmp_path / "two.tif")
     with pytest.raises(UserError, match=r"big.tif is a 32-bit integer image with values in \[7"):
-        editing._open_image(str(tmp_path / "big.tif"))
+        edit_inputs.open_image(str(tmp_path / "big.tif"))
     with pytest.raises(UserError, match=r"two.tif is a floating-point image with values in \[2"):
         fid_cli._load_image(tmp_path / "two.tif")
 
@@ -600,7 +600,7 @@ def _edit_error(**settings) -> str:
     for key, value in settings.items():
         config.edit[key] = value
     with pytest.raises(UserError) as error:
-        editing._validate(editing.resolve_defaults(config)[0])  # before weights or data
+        edit_settings.validate(edit_settings.resolve_defaults(config)[0])  # before weights or data
     return str(error.value)
 
 
@@ -636,11 +636,11 @@ def test_decompression_bomb_image_or_mask_is_one_message(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 16)  # 8x8 = 64 > 2 * 16: a "bomb"
     path = str(tmp_path / "big" / "0.png")
     with pytest.raises(UserError, match="could be decompression bomb.* Give a smaller image"):
-        editing._open_image(path)
+        edit_inputs.open_image(path)
     config = tiny_config("unused")
     config.edit.mask = path
     with pytest.raises(UserError, match="decompression bomb"):
-        editing.load_mask(config, 1)
+        edit_inputs.load_mask(config, 1)
 
 
 def test_save_stats_under_a_file_is_refused_before_the_network_runs(tmp_path, capsys, no_network):

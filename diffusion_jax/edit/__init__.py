@@ -1,8 +1,12 @@
 """The diffusion toolbox on trained models: denoising, SDEdit, inpainting, translation, illusions.
 
-Pure, jittable functions of (denoise function, schedule, inputs, per-image keys); models, data
-and files stay outside (`diffusion_jax.editing` is the `--mode=edit` runner). A denoise function
-is ``fn(x_t, t) -> eps``; the class-guided edits take ``cond_fn(x_t, t, labels) -> eps`` and
+What belongs here: the pure core of the editing toolbox, jittable functions of (denoise
+function, schedule, inputs, per-image keys) and the NumPy plans and masks they run on
+(`schedules`, `filters`, `loops`, `denoise`, `inpaint`, `illusions`). Models, configs, data,
+files and figures stay outside (an import-linter contract): `--mode=edit` is
+`diffusion_jax.edit_workflow`, which reads its settings through `edit_settings`, its images and
+masks through `edit_inputs` and draws with `edit_figures`. A denoise function is
+``fn(x_t, t) -> eps``; the class-guided edits take ``cond_fn(x_t, t, labels) -> eps`` and
 apply classifier-free guidance themselves. ``keys`` are one PRNG key per image
 (`samplers.image_keys`), so an image's edit never depends on its batch.
 """

@@ -1,5 +1,10 @@
 """Stand-alone FID in the same JAX process: Inception features, statistics, distance.
 
+What belongs here: everything an FID needs and nothing of this project's models or training
+(an import-linter contract): the Inception network (`inception`) and its weights (`weights`,
+`torch_files`), each protocol's preprocessing (`preprocess`), streaming statistics and the
+distance (`stats`), and the `diffusion-jax-fid` CLI (`__main__`).
+
     extractor = FeatureExtractor()                      # finds/verifies the weights
     stats = statistics_of(batches_of_uint8, extractor)  # streaming mean/covariance
     fid = fid_from_statistics(stats, load_statistics("ref.npz",

@@ -1,7 +1,10 @@
 """The methods the shared training loop trains: DDPM and the baselines users compare it with.
 
-`get(config)` is the `Method` of `config.method` (see `methods.base` for the contract). Each
-method lives in its own module here and is imported only when a config asks for it.
+What belongs here: one module per method (`ddpm`, `gan`, `vae`, `vae_gan`, `denoiser`, `dip`)
+giving the loop a state, a pure train step, a sampler and optionally a held-out metric and a
+report (the `Method` contract of `base`); no loop, checkpoints, FID or I/O of their own (an
+import-linter contract). Each module is imported only when a config asks for it: `get(config)`
+is the `Method` of `config.method`.
 """
 
 from __future__ import annotations

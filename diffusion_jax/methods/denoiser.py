@@ -266,7 +266,7 @@ def _mse(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
 
 def psnr_db(mse: np.ndarray) -> np.ndarray:
     """PSNR of [0, 1] images, 10 log10(1 / MSE), with MSE floored at `PSNR_CAP_MSE`."""
-    return 10.0 * np.log10(1.0 / np.maximum(mse, PSNR_CAP_MSE))
+    return pixels.psnr_from_mse(mse, 1.0, PSNR_CAP_MSE)
 
 
 def evaluate(
@@ -363,15 +363,7 @@ def report(
     and the denoised PSNR (dB) at each level (`psnr_db/<sigma>`).
     """
     d = config.data
-    split = data.load_split(
-        d.dataset,
-        "test",
-        data_dir=d.data_dir,
-        image_size=d.image_size,
-        channels=d.channels,
-        progress=False,
-    )
-    xs = split.images.reshape(-1, *split.images.shape[2:])[: config.denoiser.eval_images]
+    xs = data.read_split(d, "test")[0][: config.denoiser.eval_images]
     clean = np.asarray(to_unit(data.to_model_space(xs)), np.float32)
     levels, noisy, denoised = evaluate(config, ema_params, clean)
     record = {

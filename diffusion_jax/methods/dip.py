@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Sequence
 
 import flax.struct
@@ -58,6 +57,7 @@ from diffusion_jax import data, images, parallel, pixels
 from diffusion_jax import records as records_lib
 from diffusion_jax import state as state_lib
 from diffusion_jax.batches import TrainData
+from diffusion_jax.config import parse_index_list
 from diffusion_jax.errors import UserError
 from diffusion_jax.methods.base import REPORT_DIR, Method, step_keys
 from diffusion_jax.nets.skipnet import SkipNet, init_params
@@ -96,25 +96,8 @@ def settings() -> ml_collections.ConfigDict:
 
 
 def parse_indices(value) -> list[int]:
-    """ "0-7" / "3,5,9" / (0, 3) -> [ints] (no validation of the range)."""
-    if isinstance(value, (tuple, list)):
-        parts = [str(v).strip() for v in value]
-    elif isinstance(value, int) and not isinstance(value, bool):
-        parts = [str(value)]
-    else:
-        parts = [p.strip() for p in str(value).split(",") if p.strip()]
-    out: list[int] = []
-    for p in parts:
-        m = re.fullmatch(r"(\d+)(?:-(\d+))?", p)
-        if not m:
-            raise UserError(
-                f"config.dip.indices={value!r}: give image indices like '0-7' or '3,5,9'."
-            )
-        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
-        if hi < lo:
-            raise UserError(f"config.dip.indices={value!r}: the range {p} is empty.")
-        out += list(range(lo, hi + 1))
-    return out
+    """ "0-7" / "3,5,9" / (0, 3) -> [ints] (`config.parse_index_list`; no range check)."""
+    return parse_index_list(value, "config.dip.indices")
 
 
 def indices(config: ml_collections.ConfigDict) -> list[int]:

@@ -333,20 +333,13 @@ def reconstruct_with(graphdef: nnx.GraphDef, params: Any, images: jax.Array) -> 
 
 def heldout_images(config: ml_collections.ConfigDict) -> np.ndarray:
     """The first `config.train.heldout_examples` test images (uint8 [N, H, W, C])."""
-    split = data.load_split(
-        config.data.dataset,
-        "test",
-        data_dir=config.data.data_dir,
-        image_size=config.data.image_size,
-        channels=config.data.channels,
-        progress=False,
-    )
-    images = split.images.reshape(-1, *split.images.shape[2:])
+    images, _ = data.read_split(config.data, "test")
     return images[: int(config.train.heldout_examples)]
 
 
 def heldout_noise(config: ml_collections.ConfigDict, n: int, latent_dim: int) -> jax.Array:
-    """The held-out posterior noise: row i from fold_in(fold_in(PRNGKey(seed), 4), i)."""
+    """The held-out posterior noise: row i from fold_in(fold_in(PRNGKey(seed), HELDOUT_STREAM),
+    i) (`heldout.HELDOUT_STREAM`, the DDPM held-out loss's stream)."""
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), HELDOUT_STREAM)
     return posterior_noise(key, n, latent_dim)
 

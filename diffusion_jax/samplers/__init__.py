@@ -1,5 +1,9 @@
 """Samplers: DDPM, DDIM, DPM-Solver++ and classifier-free guidance; each one compiled loop.
 
+What belongs here: the reverse processes that turn noise into images given a denoise function,
+one module per sampler over the one loop of `chain` (the sampler modules import `chain`, never
+each other: an import-linter contract), and nothing of models, training, data or files.
+
 Samplers take a denoise function ``fn(x_t [B,...] float, t [B] int32) -> eps`` rather than a
 model, so EMA weights, bf16, guidance and sharded calls reuse the same code. They are jittable
 with the function closed over (``shape``, step counts and ``record_steps`` are static).

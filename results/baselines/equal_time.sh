@@ -73,7 +73,7 @@ import numpy as np
 from diffusion_jax import data
 ds, data_dir, n, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 split = data.load_split(ds, "train", data_dir=data_dir, progress=False)
-np.savez(out, x=np.asarray(split.images[:n]))
+np.savez(out, x=np.asarray(split.images[0][:n]))  # one shard: the stored order
 PY
          nice -n 2 python -m diffusion_jax.fid "$npz" "$stats" --protocol=pytorch_fid \
            --weights="$WEIGHTS" --batch_size=100 --no_progress | tee "$ROOT/$ds/floor_N$N.txt" ;;

@@ -1,5 +1,6 @@
 """The VAE and VAE-GAN methods (methods/vae.py, methods/vae_gan.py): closed-form KL, the
-reparameterisation gradient, training progress, side-separated VAE-GAN updates, per-key
+reparameterisation gradient, training progress, the VAE-GAN's three losses by hand and each
+network on its own loss, per-key
 sampling, output ranges, the held-out loss and the settings' validation."""
 
 from __future__ import annotations
@@ -312,65 +313,116 @@ def _vae_gan_batch(config, static, state):
     return x, eps, z_prior, vae.to_images(h), vae.to_images(model.decoder(z_prior))
 
 
-def test_vae_gan_updates_change_only_their_own_side(tiny_vae_gan):
-    config, static, state = tiny_vae_gan
-    x, eps, z_prior, x_recon, x_fake = _vae_gan_batch(config, static, state)
+def _bce(logits, target):
+    p = 1 / (1 + np.exp(-np.asarray(logits, np.float64)))
+    return -(target * np.log(p) + (1 - target) * np.log(1 - p))
 
-    params, opt, m = jax.jit(functools.partial(vae_gan.d_update, config, static))(
+
+def _features_by_hand(d_params, x, layer: int) -> np.ndarray:
+    """D's conv layer `layer` (0-based) output, flattened: SAME stride-2 convs + leaky ReLU 0.2,
+    written with lax.conv on the raw kernels (not through the module)."""
+    convs = d_params["convs"]
+    h = np.asarray(x, np.float64)
+    for i in range(layer + 1):
+        kernel = np.asarray(convs[i]["kernel"].value, np.float64)
+        bias = np.asarray(convs[i]["bias"].value, np.float64)
+        h = jax.lax.conv_general_dilated(
+            jnp.asarray(h, jnp.float32), jnp.asarray(kernel, jnp.float32), (2, 2), "SAME",
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )  # fmt: skip
+        h = np.asarray(h, np.float64) + bias
+        h = np.where(h > 0, h, 0.2 * h)
+    return h.reshape(h.shape[0], -1)
+
+
+def test_vae_gan_three_losses_match_a_hand_computation(tiny_vae_gan):
+    # Larsen et al.: encoder beta * KL + L_llike (D's features), decoder gamma * L_llike +
+    # non-saturating GAN, D the BCE of real vs (reconstructed, generated) weighed 1 : 1/2 : 1/2.
+    config, static, state = tiny_vae_gan
+    config = copy.deepcopy(config)
+    config.vae_gan.beta, config.vae_gan.gamma, config.vae_gan.feature_layer = 0.7, 0.3, 0
+    x, eps, z_prior, x_recon, x_fake = _vae_gan_batch(config, static, state)
+    (enc, dec), m = jax.jit(functools.partial(vae_gan.vae_losses, config, static))(
+        state.params["vae"], state.params["discriminator"], x, eps, z_prior
+    )
+    d_params = state.params["discriminator"]
+    f_real, f_recon = (_features_by_hand(d_params, v, 0) for v in (x, x_recon))
+    llike = 0.5 * np.sum((f_recon - f_real) ** 2, axis=1)
+    model = nnx.merge(static.vae, state.params["vae"])
+    mean, logvar = (np.asarray(v, np.float64) for v in model.encoder(x))
+    kl = 0.5 * np.sum(mean**2 + np.exp(logvar) - 1 - logvar, axis=1)
+    disc = nnx.merge(static.discriminator, d_params)
+    g_adv = _bce(disc(x_recon), 1) + _bce(disc(x_fake), 1)
+    np.testing.assert_allclose(float(m["llike"]), np.mean(llike), rtol=1e-4)
+    np.testing.assert_allclose(float(enc), np.mean(0.7 * kl + llike), rtol=1e-4)
+    np.testing.assert_allclose(float(dec), np.mean(0.3 * llike + g_adv), rtol=1e-4)
+    np.testing.assert_allclose(float(m["loss"]), float(enc) + float(dec), rtol=1e-6)
+    assert np.mean(llike) > 0 and np.isfinite(np.mean(llike))
+
+    params, opt, dm = jax.jit(functools.partial(vae_gan.d_update, config, static))(
         state.params, state.opt_state, x, x_recon, x_fake
     )
+    want = np.mean(_bce(disc(x), 1) + 0.5 * (_bce(disc(x_recon), 0) + _bce(disc(x_fake), 0)))
+    np.testing.assert_allclose(float(dm["d_loss"]), want, rtol=1e-5)
+    np.testing.assert_allclose(float(dm["d_real"]), np.mean(jax.nn.sigmoid(disc(x))), rtol=1e-5)
+    # each update changes only its own side
     assert _leaves_equal(params["vae"], state.params["vae"])
     assert _leaves_equal(opt["vae"], state.opt_state["vae"])
     for new, old in _pairs(params["discriminator"], state.params["discriminator"]):
         assert not np.array_equal(new, old)
-    # D's loss is the BCE of real = 1, reconstructed = generated = 0, computed by hand
-    disc = nnx.merge(static.discriminator, state.params["discriminator"])
-
-    def bce(logits, target):
-        p = 1 / (1 + np.exp(-np.asarray(logits, np.float64)))
-        return -(target * np.log(p) + (1 - target) * np.log(1 - p))
-
-    want = np.mean(bce(disc(x), 1) + bce(disc(x_recon), 0) + bce(disc(x_fake), 0))
-    np.testing.assert_allclose(float(m["d_loss"]), want, rtol=1e-5)
-    np.testing.assert_allclose(float(m["d_real"]), np.mean(jax.nn.sigmoid(disc(x))), rtol=1e-5)
-
-    params2, opt2, m2 = jax.jit(functools.partial(vae_gan.vae_update, config, static))(
+    params2, opt2, _ = jax.jit(functools.partial(vae_gan.vae_update, config, static))(
         state.params, state.opt_state, x, eps, z_prior
     )
     assert _leaves_equal(params2["discriminator"], state.params["discriminator"])
     assert _leaves_equal(opt2["discriminator"], state.opt_state["discriminator"])
     assert all(not np.array_equal(a, b) for a, b in _pairs(params2["vae"], state.params["vae"]))
-    g_adv = np.mean(bce(disc(x_recon), 1) + bce(disc(x_fake), 1))
-    np.testing.assert_allclose(float(m2["g_adv"]), g_adv, rtol=1e-5)
-    np.testing.assert_allclose(
-        float(m2["loss"]),
-        float(m2["recon"]) + float(m2["kl"]) + config.vae_gan.adv_weight * g_adv,
-        rtol=1e-5,
-    )
 
 
-def test_vae_gan_encoder_decoder_see_the_discriminator_only_through_adv_weight():
-    # adv_weight 0: the VAE side's update is the same whatever D is; 0.1: it depends on D.
+def test_vae_gan_each_network_steps_on_its_own_loss():
+    # The encoder's update depends on beta and D's features, never on gamma or D's logit layer
+    # (no GAN term reaches it); the decoder's depends on gamma and the logits, never on beta.
     config = tiny_config_vae_gan()
     static, state = _init(vae_gan, config)
-    config = copy.deepcopy(config)  # the fixture's stays as it is
     x, eps, z_prior, _, _ = _vae_gan_batch(config, static, state)
-    other_d = jax.tree.map(lambda p: p * 1.5 + 0.01, state.params["discriminator"])
-    other = {**state.params, "discriminator": other_d}
-    for weight, same in ((0.0, True), (0.1, False)):
-        config.vae_gan.adv_weight = weight
-        update = jax.jit(functools.partial(vae_gan.vae_update, copy.deepcopy(config), static))
-        a, _, _ = update(state.params, state.opt_state, x, eps, z_prior)
-        b, _, _ = update(other, state.opt_state, x, eps, z_prior)
-        assert _leaves_equal(a["vae"]["decoder"], b["vae"]["decoder"]) == same
+
+    def update(beta=1.0, gamma=1e-2, d_params=None):
+        c = copy.deepcopy(config)
+        c.vae_gan.beta, c.vae_gan.gamma = beta, gamma
+        params = {**state.params, "discriminator": d_params or state.params["discriminator"]}
+        new, _, _ = jax.jit(functools.partial(vae_gan.vae_update, c, static))(
+            params, state.opt_state, x, eps, z_prior
+        )
+        return new["vae"]["encoder"], new["vae"]["decoder"]
+
+    enc, dec = update()
+    enc_g, dec_g = update(gamma=0.5)
+    enc_b, dec_b = update(beta=3.0)
+    d = state.params["discriminator"]
+    other_out = jax.tree.map(lambda p: p * 1.5 + 0.01, d["out"])
+    enc_o, dec_o = update(d_params=nnx.State({"convs": d["convs"], "out": other_out}))
+    assert _leaves_equal(enc, enc_g) and not _leaves_equal(dec, dec_g)
+    assert _leaves_equal(dec, dec_b) and not _leaves_equal(enc, enc_b)
+    assert _leaves_equal(enc, enc_o) and not _leaves_equal(dec, dec_o)
+
+
+def test_vae_gan_refuses_the_old_adv_weight_and_bad_feature_layers():
+    config = tiny_config_vae_gan()
+    config.vae_gan.adv_weight = 0.1
+    with pytest.raises(UserError, match="adv_weight is gone.*gamma"):
+        vae_gan.validate(config)
+    for layer in (2, -3):  # (ml_collections itself refuses a float for this int field)
+        config = tiny_config_vae_gan()
+        config.vae_gan.feature_layer = layer
+        with pytest.raises(UserError, match="feature_layer"):
+            vae_gan.validate(config)
 
 
 def test_vae_gan_train_step_metrics_and_both_sides_move(tiny_vae_gan):
     config, static, state = tiny_vae_gan
     step = jax.jit(functools.partial(vae_gan.train_step, config=config, static=static))
     new, metrics = step(state, _train_data())
-    want = {"loss", "recon", "kl", "d_loss", "g_adv", "d_real", "d_recon", "d_fake",
-            "vae_grad_norm", "d_grad_norm", "lr"}  # fmt: skip
+    want = {"loss", "prior", "llike", "d_loss", "g_adv", "d_real", "d_recon", "d_fake",
+            "encoder_grad_norm", "decoder_grad_norm", "d_grad_norm", "lr"}  # fmt: skip
     assert set(metrics) == want
     assert all(np.isfinite(float(v)) for v in metrics.values())
     for side in ("vae", "discriminator"):
@@ -448,8 +500,8 @@ def test_validate_rejects_other_image_sizes_and_bad_vae_gan_settings():
         vae.validate(config)
     config = tiny_config_vae_gan()
     vae_gan.validate(config)
-    config.vae_gan.adv_weight = -0.5
-    with pytest.raises(UserError, match="config.vae_gan.adv_weight=-0.5"):
+    config.vae_gan.gamma = -0.5
+    with pytest.raises(UserError, match="config.vae_gan.gamma=-0.5"):
         vae_gan.validate(config)
     config = tiny_config_vae_gan()
     config.vae_gan.disc_widths = (0,)

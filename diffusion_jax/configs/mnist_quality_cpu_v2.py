@@ -1,4 +1,4 @@
-"""MNIST's quality recipe, second run: 4 CPU devices from the first step, decay stretched (issue 28).
+"""MNIST's quality recipe, second run: 4 CPU devices from step 0, the decay stretched (issue 28).
 
     nice python -m diffusion_jax.main --config=configs/mnist_quality_cpu_v2.py \
         --workdir=/work/runs/mnist_quality_cpu_v2            # resumes; the budget spans resumes

@@ -208,7 +208,13 @@ def _restore(name: str, workdir: Path):
     return config, mesh, static, state, saved_meta
 
 
-@pytest.mark.parametrize("name", list(CASES))
+# The VAE-GAN became Larsen et al.'s after the archive was written (issue 24): its optimizer
+# state (one clipped Adam then, clipping per network now) is not the new method's, so its
+# training cannot resume; its weights (what sampling reads) still load, below.
+RESUMABLE = [name for name in CASES if name != "vae_gan"]
+
+
+@pytest.mark.parametrize("name", RESUMABLE)
 def test_checkpoint_written_before_the_move_restores(name, fixtures, expected):
     workdir = fixtures / name
     config, mesh, static, state, saved_meta = _restore(name, workdir)
@@ -227,6 +233,20 @@ def test_checkpoint_written_before_the_move_restores(name, fixtures, expected):
     assert step == STEP
     for a, b in zip(jax.tree.leaves(ema), jax.tree.leaves(state.ema_params), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_vae_gan_weights_written_before_the_move_load_for_sampling(fixtures, expected):
+    config = CASES["vae_gan"]()
+    mesh = parallel.make_mesh()
+    ema, step = sampling.load_ema_params(config, str(fixtures / "vae_gan"), mesh)
+    assert step == STEP
+    static, _ = methods.abstract_state(config)
+    model = nnx.merge(static.vae, ema)
+    mean, logvar = model.encoder(_inputs(0, 2, 28, 28, 1))
+    got = {"mean": mean, "logvar": logvar, "decoded": model.decoder(_inputs(2, 2, 4))}
+    for key, value in got.items():
+        want = expected[f"vae_gan/{key}"]
+        np.testing.assert_allclose(np.asarray(value), want, rtol=1e-5, atol=1e-6)
 
 
 def test_pretrained_export_written_before_the_move_loads(fixtures, expected):

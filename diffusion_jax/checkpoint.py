@@ -155,22 +155,39 @@ def check_compatible(saved: Mapping[str, Any], expected: Mapping[str, Any], wher
 
 # Settings that say what a trained network computes, beyond its shapes: sampling or scoring it
 # under other values gives wrong images without any error (a T=100 model run with T=1000).
+# For DIP (whose "weights" are its restorations of K given images) the images, their split and
+# their noise: its report under other values would name the wrong images or noise.
 _MEANING = ("config.method", "config.data.dataset")
-_MEANING_DDPM = ("config.diffusion.",)
+_MEANING_OF = {
+    "ddpm": ("config.diffusion.",),
+    "dip": (
+        "config.dip.split",
+        "config.dip.indices",
+        "config.dip.noise_sigma",
+        "config.dip.clip_noisy",
+    ),
+}
+# Settings added after checkpoints were written whose earlier behaviour is not their default: a
+# checkpoint of that method without the setting was trained with this value (every other
+# setting newer than a checkpoint is no difference).
+_EARLIER_VALUES = {"dip": {"config.dip.split": "train"}}  # DIP fitted train images before
 
 
 def check_same_meaning(saved: Mapping[str, Any], expected: Mapping[str, Any], where: str) -> None:
     """Raise `CheckpointError` if the config would use the weights in `where` under another
-    method, dataset or (for DDPM) noise schedule than they were trained with."""
+    method, dataset or (for DDPM) noise schedule, (for DIP) other images or noise than they
+    were trained with."""
     have, want = saved.get("config"), expected["config"]
     if not have:
         return  # an old meta without its config: the shapes were checked
-    trained = _flat(have)  # a setting newer than the checkpoint (absent here) is no difference
-    keys = _MEANING + (_MEANING_DDPM if want.get("method", "ddpm") == "ddpm" else ())
+    method = have.get("method", "ddpm")
+    trained = {**_EARLIER_VALUES.get(method, {}), **_flat(have)}
+    wanted = _flat(want)
+    keys = _MEANING + _MEANING_OF.get(want.get("method", "ddpm"), ())
     diffs = [
-        d
-        for d in config_differences(have, want)
-        if d.startswith(keys) and d.split(":")[0] in trained
+        f"{k}: checkpoint {trained[k]!r}, now {wanted.get(k)!r}"
+        for k in sorted(trained)
+        if k.startswith(keys) and trained[k] != wanted.get(k)
     ]
     if not diffs:
         return
@@ -418,12 +435,13 @@ class Checkpoints:
         if step is None:
             return None
         where = self._where(step, False)
-        check_compatible(self.read_meta(step), expected_meta, where)
+        meta = self.read_meta(step)
+        check_compatible(meta, expected_meta, where)
         args = {k: ocp.args.StandardRestore(v) for k, v in _state_items(abstract_state).items()}
         try:
             out = self._latest.restore(step, args=ocp.args.Composite(**args))
         except Exception as e:  # noqa: BLE001
-            raise _unreadable(where, e) from e
+            raise (_earlier_method(meta, where) or _unreadable(where, e)) from e
         fields = {k: v for k, v in out.items() if k in _fields(abstract_state)}
         restored = abstract_state.replace(**fields, **out["progress"])
         if int(restored.step) != step:
@@ -457,6 +475,23 @@ class Checkpoints:
         except Exception as e:  # noqa: BLE001
             raise _unreadable(where, e) from e
         return out["ema_params"], resolved
+
+
+def _earlier_method(meta: Mapping[str, Any], where: str) -> CheckpointError | None:
+    """Why a full restore failed when the checkpoint was written by an earlier form of its
+    method, whose training state (optimizer state) differs from today's: the VAE-GAN before
+    Larsen et al.'s (issue 24; its settings had `adv_weight`, not `gamma`). None otherwise."""
+    config = meta.get("config") or {}
+    settings = config.get("vae_gan") or {}
+    if config.get("method") != "vae_gan" or "gamma" in settings:
+        return None
+    return CheckpointError(
+        f"The checkpoint in {where} was written by the earlier VAE-GAN method (before Larsen "
+        "et al.'s VAE-GAN, with config.vae_gan.adv_weight), whose optimizer state (the earlier "
+        "clipped Adam) is not today's (clipped per network), so training cannot resume from "
+        "it. Its weights still load for sampling and evaluation (--mode=sample, --mode=eval, "
+        "--mode=export); to train, start a new --workdir. The checkpoint was left untouched."
+    )
 
 
 def _unreadable(where: str, error: Exception) -> CheckpointError:

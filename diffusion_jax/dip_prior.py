@@ -7,14 +7,25 @@ workdir then denoises, and every result is compared with the clean x by PSNR (dB
 
 - noisy input y and DIP output d (the DIP run's output EMA, or `dip_output=best|last`);
 - DDPM from the noisy input directly: y read as a forward sample at the timestep t* whose noise
-  level matches, sqrt((1 - abar_t*) / abar_t*) ~ sigma (model space), i.e. x_t* = sqrt(abar_t*) y,
+  level matches, sqrt((1 - abar_t*) / abar_t*) ~ s (model space), i.e. x_t* = sqrt(abar_t*) y,
   then one-step x0_hat and the iterative reverse process from t* (`edit.one_step_denoise`,
-  `edit.iterative_denoise`, as `--mode=edit`'s denoising);
+  `edit.iterative_denoise`, as `--mode=edit`'s denoising). s is the measured std of the
+  residual r = y - x over the images (`residual`), not the nominal sigma: clipping y to [-1, 1]
+  takes noise away at saturated pixels (on MNIST's black background only max(0, sigma n) is
+  left: std 0.58 sigma, mean sigma / sqrt(2 pi)), so the residual is weaker than sigma and
+  biased. The rows at the nominal sigma's t* are kept for comparison;
 - SDEdit from y and from d at each `t_starts` t: forward-noised to t with the same noise
   (`edit.forward_process`: one draw per image, shared by y and d, so the two are paired) and
   denoised iteratively from t; and the one-step estimate from the noised d.
 
-The network is the DDPM workdir's EMA weights (`sampling.load_ema_params`); class-conditional
+Held out: the DIP images must be of the dataset the DDPM was trained on, from a split it did
+not train on (`check_held_out`: the DIP report's dataset and split, `methods.dip` records them,
+against the DDPM's `Method.data_split`, "train"; reports from before DIP had `config.dip.split`
+are of the train split). The weights' own dataset is the config's: loading refuses others
+(`checkpoint.check_same_meaning`).
+
+The network is the DDPM workdir's EMA weights (`sampling.load_ema_params`; or a shipped model:
+`--pretrained=mnist_cond`, i.e. `--checkpoint=pretrained:mnist_cond`); class-conditional
 models denoise with the null label (`num_classes`), i.e. unconditionally
 (`state.labelled_fn`). Image b's noise is
 `fold_in(fold_in(PRNGKey(config.seed), DIP_PRIOR_STREAM), b)` (`samplers.image_keys`).
@@ -43,7 +54,17 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from diffusion_jax import diffusion, edit, images, parallel, samplers, sampling, writers
+from diffusion_jax import (
+    diffusion,
+    edit,
+    images,
+    methods,
+    parallel,
+    pretrained,
+    samplers,
+    sampling,
+    writers,
+)
 from diffusion_jax import state as state_lib
 from diffusion_jax.errors import UserError
 from diffusion_jax.pixels import psnr, quantize
@@ -64,6 +85,13 @@ def matched_timestep(schedule: diffusion.Schedule, sigma: float) -> int:
     return int(np.argmin(np.abs(ratio - float(sigma))))
 
 
+def residual(noisy: np.ndarray, clean: np.ndarray) -> dict[str, float]:
+    """The noise the noisy images actually carry: r = y - x (model space) over every pixel of
+    every image, its std and mean (clipping y makes both differ from (sigma, 0))."""
+    r = np.asarray(noisy, np.float64) - np.asarray(clean, np.float64)
+    return {"std": float(np.std(r)), "mean": float(np.mean(r))}
+
+
 def restore(
     denoise_fn: diffusion.DenoiseFn,
     schedule: diffusion.Schedule,
@@ -71,25 +99,28 @@ def restore(
     dip: jax.Array,
     keys: jax.Array,
     *,
-    sigma: float,
+    t_matched: Sequence[int],
     t_starts: Sequence[int],
     stride: int,
     eta: float = 1.0,
 ) -> dict[str, jax.Array]:
     """Every DDPM restoration of the module doc, model space [-1, 1] (jit with the denoise
-    function closed over; `t_starts`, `stride` and `sigma` are static).
+    function closed over; `t_matched`, `t_starts` and `stride` are static).
 
-    Returns `one_step` and `iterative` [B, H, W, C] (from the noisy input at the matched t*),
-    and `sdedit_noisy`, `sdedit_dip`, `one_step_dip` [len(t_starts), B, H, W, C].
+    Returns `one_step` and `iterative` [len(t_matched), B, H, W, C] (from the noisy input read
+    as x_t* at each t* of `t_matched`), and `sdedit_noisy`, `sdedit_dip`, `one_step_dip`
+    [len(t_starts), B, H, W, C].
     """
-    t_star = matched_timestep(schedule, sigma)
-    x_t = schedule.sqrt_alphas_cumprod[t_star] * jnp.asarray(noisy, jnp.float32)
-    out = {
-        "one_step": edit.one_step_denoise(denoise_fn, schedule, x_t, t_star),
-        "iterative": edit.iterative_denoise(
+    y = jnp.asarray(noisy, jnp.float32)
+    matched: dict[str, list[jax.Array]] = {"one_step": [], "iterative": []}
+    for t_star in t_matched:
+        x_t = schedule.sqrt_alphas_cumprod[t_star] * y
+        matched["one_step"].append(edit.one_step_denoise(denoise_fn, schedule, x_t, t_star))
+        chain = edit.iterative_denoise(
             denoise_fn, schedule, x_t, t_star, keys, stride=stride, eta=eta
-        ).samples,
-    }
+        )
+        matched["iterative"].append(chain.samples)
+    out = {k: jnp.stack(v) for k, v in matched.items()}
     from_noisy = edit.forward_process(schedule, noisy, t_starts, keys)
     from_dip = edit.forward_process(schedule, dip, t_starts, keys)
     rows: dict[str, list[jax.Array]] = {"sdedit_noisy": [], "sdedit_dip": [], "one_step_dip": []}
@@ -137,7 +168,8 @@ def load_dip(dip_workdir: str, which: str = "restored") -> dict[str, np.ndarray]
 
 
 def check_compatible(dip: dict[str, np.ndarray], config: ml_collections.ConfigDict) -> None:
-    """The DIP images must have the DDPM model's size and channels."""
+    """The DIP images must have the DDPM model's size and channels (`check_held_out`: its
+    dataset and split)."""
     shape = tuple(dip["clean"].shape[1:])
     d = config.data
     want = (int(d.image_size), int(d.image_size), int(d.channels))
@@ -147,9 +179,54 @@ def check_compatible(dip: dict[str, np.ndarray], config: ml_collections.ConfigDi
             f"config takes {want[0]}x{want[1]} with {want[2]}: pair runs of the same dataset "
             "and channels."
         )
-    dataset = str(dip.get("dataset", ""))
-    if dataset and dataset != d.dataset:
-        logging.warning("DIP ran on %s, the DDPM model was trained on %s.", dataset, d.dataset)
+
+
+def dip_source(dip: dict[str, np.ndarray]) -> tuple[str | None, str]:
+    """(dataset, split) of the DIP report's images. A report without `split` is of the train
+    split: DIP read that split alone before `config.dip.split`; one without `dataset` gives
+    None (unknown)."""
+    dataset = str(dip["dataset"]) if "dataset" in dip else None
+    return dataset, str(dip["split"]) if "split" in dip else "train"
+
+
+def trained_on(config: ml_collections.ConfigDict) -> tuple[str, str]:
+    """(dataset, split) a run of `config` trains on (`Method.data_split`; DDPM: "train")."""
+    return str(config.data.dataset), methods.get(config).data_split(config)
+
+
+def check_held_out(dip: dict[str, np.ndarray], config: ml_collections.ConfigDict) -> None:
+    """Refuses DIP images the DDPM of `config` saw in training (its split of its dataset), and
+    images of another dataset, or of an unknown one: the comparison is of restorations of
+    held-out images of the DDPM's dataset."""
+    dataset, split = dip_source(dip)
+    ddpm_dataset, ddpm_split = trained_on(config)
+    held_out = next(s for s in ("test", "train") if s != ddpm_split)
+    rerun = (
+        f"Re-run DIP on the {held_out} split of {ddpm_dataset} (python -m diffusion_jax.main "
+        f"--config=<the DIP config, e.g. configs/dip.py> --workdir=<a new folder> "
+        f"--config.data.dataset={ddpm_dataset} --config.dip.split={held_out}, then its "
+        "--mode=sample report) and give that workdir as --config.dip_prior.dip_workdir."
+    )
+    where = str(config.dip_prior.dip_workdir)
+    if dataset is None:
+        raise UserError(
+            f"The DIP report in {where} does not say which dataset its images are from (it "
+            f"predates the field), so they cannot be checked against the DDPM's training data "
+            f"({ddpm_dataset}/{ddpm_split}). {rerun}"
+        )
+    if dataset != ddpm_dataset:
+        raise UserError(
+            f"The DIP images in {where} are of {dataset}, but the DDPM was trained on "
+            f"{ddpm_dataset}: the experiment restores images of the DDPM's dataset. Give a DDPM "
+            f"of {dataset}, or: {rerun}"
+        )
+    if split == ddpm_split:
+        old = "" if "split" in dip else " (a report from before config.dip.split: train images)"
+        raise UserError(
+            f"The DIP images in {where} come from the {split} split of {dataset}{old}, which the "
+            f"DDPM was trained on: it has seen them, so its restorations would not be of held-out "
+            f"images. {rerun}"
+        )
 
 
 # ------------------------------------------------------------------------------- runner
@@ -168,11 +245,22 @@ BY_T = {
 
 
 def markdown(table: dict) -> str:
-    """The two PSNR tables: one row per method, and SDEdit by start timestep."""
+    """The two PSNR tables (one row per method, and SDEdit by start timestep) and what t* is."""
+    r, sigma = table["residual"], table["sigma_model"]
     lines = [
-        f"DIP as a prior for DDPM: {table['num_images']} images, mean PSNR (dB); DDPM EMA step "
-        f"{table['ddpm_step']}, stride {table['stride']}, eta {table['eta']:g}, matched "
-        f"t* = {table['t_matched']} (sigma {table['sigma_model']:.4f} in [-1, 1]).",
+        f"DIP as a prior for DDPM: {table['num_images']} images ({table['dip_dataset']}/"
+        f"{table['dip_split']} {table['indices']}; the DDPM trained on {table['ddpm_dataset']}/"
+        f"{table['ddpm_split']}), mean PSNR (dB); DDPM EMA step {table['ddpm_step']}, stride "
+        f"{table['stride']}, eta {table['eta']:g}.",
+        "",
+        f"Matched t* = {table['t_matched']}: the noise-to-signal ratio of x_t* nearest to the "
+        f"measured std {r['std']:.4f} of the residual y - x of the noisy input (model space "
+        f"[-1, 1]; mean {r['mean']:+.4f}). The nominal sigma {sigma:.4f} gives t* = "
+        f"{table['t_nominal']}. Clipping y to [-1, 1] removes noise at saturated pixels: where "
+        "x = -1 only max(0, sigma n) is left (std 0.58 sigma, mean +0.40 sigma), at x = +1 its "
+        "mirror image. The mean is that one-sided noise, not an offset of the whole image (it is "
+        "zero at mid-grey pixels), so nothing is subtracted: the DDPM reads y as x_t* as it is, "
+        "a forward sample whose Gaussian noise it does not quite match.",
         "",
         "| method | PSNR (dB) |",
         "|---|---|",
@@ -242,17 +330,28 @@ def run(
     stride, eta, seed = int(p.stride), float(p.eta), int(config.seed)
     dip = load_dip(dip_workdir, dip_output)
     check_compatible(dip, config)
-    if not os.path.isdir(workdir):
-        raise UserError(f"--workdir={workdir} is not a folder: give a trained DDPM run.")
+    check_held_out(dip, config)
+    from_model_folder = str(checkpoint or "").startswith(pretrained.PREFIX)
+    if not from_model_folder and not os.path.isdir(workdir):
+        raise UserError(
+            f"--workdir={workdir} is not a folder: give a trained DDPM run (or a shipped model: "
+            "--pretrained=NAME, the outputs then go to --workdir)."
+        )
     out = os.path.join(workdir, OUTPUT_DIR)
     max_images = int(p.max_images)
     n = len(dip["clean"]) if max_images <= 0 else min(max_images, len(dip["clean"]))
     clean, noisy, restored = (np.asarray(dip[k][:n], np.float32) for k in ("clean", "noisy", "dip"))
     sigma = float(dip["sigma_model"])
+    schedule = state_lib.build_schedule(config)
+    measured = residual(noisy, clean)
+    t_star = matched_timestep(schedule, measured["std"])
+    t_nominal = matched_timestep(schedule, sigma)
+    t_matched = (t_star,) if t_nominal == t_star else (t_star, t_nominal)
+    dip_dataset, dip_split = dip_source(dip)
+    ddpm_dataset, ddpm_split = trained_on(config)
 
     mesh = parallel.make_mesh()
     graphdef = state_lib.graphdef_of(config)
-    schedule = state_lib.build_schedule(config)
     params, step = sampling.load_ema_params(config, workdir, mesh, checkpoint)
     keys = samplers.image_keys(jax.random.fold_in(jax.random.PRNGKey(seed), DIP_PRIOR_STREAM), n)
     num_classes = int(config.model.num_classes)
@@ -261,18 +360,20 @@ def run(
         cond = state_lib.eps_fn_for(config, graphdef, params, schedule)
         denoise = state_lib.labelled_fn(cond, num_classes)  # null label: the unconditional eps
         return restore(
-            denoise, schedule, noisy, restored, keys, sigma=sigma, t_starts=t_starts,
+            denoise, schedule, noisy, restored, keys, t_matched=t_matched, t_starts=t_starts,
             stride=stride, eta=eta,
         )  # fmt: skip
 
     res = jax.tree.map(np.asarray, jax.jit(fn)(params, noisy, restored, keys))
-    t_star = matched_timestep(schedule, sigma)
     per_image = {
         COLUMNS["noisy"]: psnr(noisy, clean),
         COLUMNS["dip"]: psnr(restored, clean),
-        f"{COLUMNS['one_step']} (t*={t_star})": psnr(res["one_step"], clean),
-        f"{COLUMNS['iterative']} (t*={t_star})": psnr(res["iterative"], clean),
     }
+    for key in ("one_step", "iterative"):
+        per_image[f"{COLUMNS[key]} (t*={t_star})"] = psnr(res[key][0], clean)
+    if len(t_matched) > 1:
+        for key in ("one_step", "iterative"):
+            per_image[f"{COLUMNS[key]} (nominal t*={t_nominal})"] = psnr(res[key][1], clean)
     by_t = {
         str(t): {label: float(np.mean(psnr(res[key][k], clean))) for key, label in BY_T.items()}
         for k, t in enumerate(t_starts)
@@ -281,12 +382,19 @@ def run(
         "dip_workdir": dip_workdir,
         "dip_output": dip_output,
         "dip_step": int(dip["step"]) if "step" in dip else None,
+        "dip_dataset": dip_dataset,
+        "dip_split": dip_split,
         "ddpm_config": config_file,
         "ddpm_workdir": workdir,
+        "ddpm_checkpoint": checkpoint,
         "ddpm_step": int(step),
+        "ddpm_dataset": ddpm_dataset,
+        "ddpm_split": ddpm_split,
         "num_images": n,
         "indices": [int(i) for i in dip["indices"][:n]] if "indices" in dip else None,
         "sigma_model": sigma,
+        "residual": measured,
+        "t_nominal": t_nominal,
         "t_matched": t_star,
         "stride": stride,
         "eta": eta,
@@ -303,7 +411,7 @@ def run(
         np.savez(
             os.path.join(out, "dip_prior.npz"),
             clean=clean, noisy=noisy, dip=restored, t_starts=np.asarray(t_starts, np.int32),
-            **res,
+            t_matched=np.asarray(t_matched, np.int32), **res,
         )  # fmt: skip
         mean = table["psnr_db"]
         labels = list(per_image)
@@ -311,8 +419,8 @@ def run(
             ("clean", quantize(clean)),
             (f"noisy\n{mean[labels[0]]:.1f} dB", quantize(noisy)),
             (f"DIP\n{mean[labels[1]]:.1f} dB", quantize(restored)),
-            (f"DDPM one-step\n(t*={t_star}) {mean[labels[2]]:.1f}", quantize(res["one_step"])),
-            (f"DDPM iterative\n(t*={t_star}) {mean[labels[3]]:.1f}", quantize(res["iterative"])),
+            (f"DDPM one-step\n(t*={t_star}) {mean[labels[2]]:.1f}", quantize(res["one_step"][0])),
+            (f"DDPM iterative\n(t*={t_star}) {mean[labels[3]]:.1f}", quantize(res["iterative"][0])),
         ]
         for k, t in enumerate(t_starts):
             row = by_t[str(t)]

@@ -6,7 +6,7 @@
     --mode=train (default) | sample | eval | fid_stats | train_and_eval | eval_watch | edit
            | dip_prior (a DIP run's images through this DDPM: --config.dip_prior.dip_workdir=W)
            | export (a checkpoint's EMA weights as a model folder: --export_to=FOLDER)
-    --pretrained=NAME|DIR  sample/eval/edit with a shipped model (no training, no --config)
+    --pretrained=NAME|DIR  sample/eval/edit/dip_prior with a shipped model (no --config)
     --watch_timeout=S      eval_watch: exit after S seconds without a new checkpoint
     --config.a.b=value     overrides any config field (see diffusion_jax/config.py)
     --checkpoint=N|best    which checkpoint sample/eval read (default: the latest)
@@ -130,7 +130,7 @@ MODES: dict[str, Callable[[ml_collections.ConfigDict, RunArgs], object]] = {
     "dip_prior": _dip_prior,
     "export": _export,
 }
-PRETRAINED_MODES = ("sample", "eval", "edit")  # the modes --pretrained serves
+PRETRAINED_MODES = ("sample", "eval", "edit", "dip_prior")  # the modes --pretrained serves
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/cifar10.py; fields overridable as --config.a.b=v."
@@ -293,7 +293,8 @@ def check_data(config: ml_collections.ConfigDict, mode: str) -> None:
     """
     try:
         d = config.data
-        splits = {"train"} if mode in TRAIN_MODES else set()
+        # the split the loop trains on: "train", DIP's config.dip.split (`Method.data_split`)
+        splits = {methods.get(config).data_split(config)} if mode in TRAIN_MODES else set()
         evaluates = mode in ("eval", "eval_watch", "train_and_eval") or config.fid.every
         if mode == "fid_stats" or (evaluates and _reference_missing(config)):
             splits.add(config.fid.ref_split)

@@ -230,18 +230,23 @@ def load_ema_params(
         ckpts.close()
 
 
+def meta_of(workdir: str, which: str | int | None, step: int) -> dict[str, Any]:
+    """The meta (training config, shapes, clock) of the weights `load_ema_params(config,
+    workdir, mesh, which)` gave for `step`: the checkpoint's, or a "pretrained:" model's."""
+    if isinstance(which, str) and which.startswith(pretrained.PREFIX):
+        return pretrained.read_model(pretrained.resolve(which[len(pretrained.PREFIX) :]))["meta"]
+    ckpts = checkpoint.Checkpoints(workdir, read_only=True)
+    try:
+        return ckpts.read_meta(step, best=which == "best")
+    finally:
+        ckpts.close()
+
+
 def training_of(workdir: str, which: str | int | None, step: int) -> dict[str, Any]:
     """How the weights of checkpoint `step` (or of a "pretrained:" model) were trained: steps,
     images seen and the training clock over every resume (wall and CPU seconds; absent for
     checkpoints written before the clock was kept). For eval and quality records."""
-    if isinstance(which, str) and which.startswith(pretrained.PREFIX):
-        meta = pretrained.read_model(pretrained.resolve(which[len(pretrained.PREFIX) :]))["meta"]
-    else:
-        ckpts = checkpoint.Checkpoints(workdir, read_only=True)
-        try:
-            meta = ckpts.read_meta(step, best=which == "best")
-        finally:
-            ckpts.close()
+    meta = meta_of(workdir, which, step)
     batch = (meta.get("config") or {}).get("train", {}).get("batch_size")
     clock = meta.get(checkpoint.TRAIN_CLOCK) or {}
     out: dict[str, Any] = {"train_steps": int(step)}

@@ -61,7 +61,8 @@ SAMPLES_DIR = "samples"  # workdir/samples: the EMA sample grids of `sample_ever
 
 
 def load_train_data(config: ml_collections.ConfigDict, mesh: Mesh) -> TrainData:
-    """Reads this process's shards (`range(p*k, (p+1)*k)`) and makes them one global array."""
+    """Reads this process's shards (`range(p*k, (p+1)*k)`) of the method's split (`Method.
+    data_split`: "train", DIP's `config.dip.split`) and makes them one global array."""
     n, procs = state_lib.num_shards(config), jax.process_count()
     if n % procs:
         raise UserError(
@@ -70,7 +71,7 @@ def load_train_data(config: ml_collections.ConfigDict, mesh: Mesh) -> TrainData:
     k, p = n // procs, jax.process_index()
     split = data.load_split(
         config.data.dataset,
-        "train",
+        methods.get(config).data_split(config),
         data_dir=config.data.data_dir,
         image_size=config.data.image_size,
         channels=config.data.channels,

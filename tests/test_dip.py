@@ -20,10 +20,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-from diffusion_jax import batches, dip_prior, pixels, samplers
+from diffusion_jax import batches, checkpoint, dip_prior, methods, pixels, samplers
 from diffusion_jax.config import from_sibling
 from diffusion_jax.diffusion import make_schedule
-from diffusion_jax.errors import UserError
+from diffusion_jax.errors import CheckpointError, UserError
 from diffusion_jax.methods import dip
 from diffusion_jax.nets import skipnet
 
@@ -226,7 +226,8 @@ def test_init_is_pytorchs_default():
     "setting, value, match",
     [
         ("dip.indices", "3,3", "repeats"),
-        ("dip.indices", "0-70000", "must lie in 0..59999"),
+        ("dip.indices", "0-70000", r"must lie in 0..9999 \(mnist/test\)"),
+        ("dip.split", "validation", r"is not one of \('train', 'test'\)"),
         ("dip.indices", "a-b", "give image indices"),
         ("dip.noise_sigma", 0.0, "noise_sigma"),
         ("dip.exp_weight", 1.0, "exp_weight"),
@@ -253,7 +254,15 @@ def test_configs_validate():
         c = from_sibling(str(CONFIGS / "dip.py"), name)
         dip.validate(c)
         assert c.method == "dip" and len(dip.indices(c)) == 8
+        # held-out images by default: the loop loads the test split for DIP, "train" for DDPM
+        assert c.dip.split == "test" and methods.get(c).data_split(c) == "test"
     dip.validate(tiny_config())
+    c = tiny_config()
+    c.dip.split = "train"
+    dip.validate(c)
+    assert methods.get(c).data_split(c) == "train"
+    ddpm = from_sibling(str(CONFIGS / "mnist_cond_cpu.py"), "mnist_cond_cpu")
+    assert methods.get(ddpm).data_split(ddpm) == "train"
 
 
 def test_multi_shard_data_and_sampling_are_user_errors():
@@ -283,7 +292,10 @@ def test_report_writes_images_psnr_and_curve(smooth_run, tmp_path):
         np.testing.assert_allclose(z["psnr_restored"], pixels.psnr(e["restored"], e["clean"]))
         assert z["indices"].tolist() == [0, 1, 2]
         assert float(z["sigma_model"]) == pytest.approx(50 / 255)
+        assert (str(z["dataset"]), str(z["split"])) == ("mnist", "test")
     summary = json.loads(Path(out["json"]).read_text())
+    source = (summary["dataset"], summary["split"], summary["indices"])
+    assert source == ("mnist", "test", [0, 1, 2])
     assert summary["logged_peak"] == {"step": 50, "psnr_ema_db": 24.5}
     assert out["psnr_restored"] == pytest.approx(summary["psnr_db"]["restored"])
     for key in ("figure", "psnr_curve"):
@@ -316,28 +328,60 @@ def test_matched_timestep():
     assert 50 < t < 65  # linear betas: abar_t ~ 1 - (1e-4 t + 1e-5 t^2)
 
 
+def test_matched_timestep_of_the_measured_residual():
+    """t* follows the noise the input carries, r = y - x (`dip_prior.residual`), in closed form:
+    without clipping it is the nominal sigma's; clipped at black pixels only max(0, sigma n) is
+    left (weaker, with a positive mean), so t* is smaller."""
+    sigma = 50 / 255
+    signs = np.where(np.indices((4, 8, 8, 1)).sum(0) % 2 == 0, 1.0, -1.0)  # mean 0, std 1
+    grey = np.zeros(signs.shape)
+    r = dip_prior.residual(np.clip(grey + sigma * signs, -1, 1), grey)
+    assert r["std"] == pytest.approx(sigma, rel=1e-12) and r["mean"] == pytest.approx(0, abs=1e-12)
+    nominal = dip_prior.matched_timestep(S, sigma)
+    assert dip_prior.matched_timestep(S, r["std"]) == nominal
+    black = np.full(signs.shape, -1.0)  # r = sigma on half the pixels, 0 on the other half
+    r = dip_prior.residual(np.clip(black + sigma * signs, -1, 1), black)
+    assert r["std"] == pytest.approx(sigma / 2) and r["mean"] == pytest.approx(sigma / 2)
+    assert dip_prior.matched_timestep(S, r["std"]) == dip_prior.matched_timestep(S, sigma / 2)
+    # Gaussian noise, DIP's own target (clip_noisy): half-normal residual at the black pixels
+    c = small_config("0-63")  # noise_sigma 25/255: sigma_model = 50/255
+    x = jnp.full((64, 16, 16, 1), -1.0).at[:, :, 8:].set(0.0)  # half black, half mid-grey
+    r = dip_prior.residual(np.asarray(dip.noisy_targets(c, x)), np.asarray(x))
+    # black: E r = sigma / sqrt(2 pi), E r^2 = sigma^2 / 2; grey: E r = 0, E r^2 = sigma^2
+    mean = sigma / np.sqrt(2 * np.pi) / 2
+    assert r["mean"] == pytest.approx(mean, rel=0.1)
+    assert r["std"] == pytest.approx(np.sqrt(0.75 * sigma**2 - mean**2), rel=0.03)
+    assert dip_prior.matched_timestep(S, r["std"]) < nominal - 5  # ~47 against 56
+
+
 def test_restore_returns_the_clean_image_under_an_oracle():
     rng = np.random.default_rng(0)
     clean = jnp.asarray(rng.uniform(-0.9, 0.9, (3, 8, 8, 1)), jnp.float32)
     noisy = clean + 0.2 * jnp.asarray(rng.normal(size=clean.shape), jnp.float32)
     dip_out = clean + 0.05 * jnp.asarray(rng.normal(size=clean.shape), jnp.float32)
     keys = samplers.image_keys(jax.random.PRNGKey(0), 3)
+    t_matched = (dip_prior.matched_timestep(S, 0.2), 30)
     out = jax.jit(
         lambda n, d, k: dip_prior.restore(
-            point_mass(clean), S, n, d, k, sigma=0.2, t_starts=(25, 100), stride=10
+            point_mass(clean), S, n, d, k, t_matched=t_matched, t_starts=(25, 100), stride=10
         )
     )(noisy, dip_out, keys)
     assert out["sdedit_dip"].shape == (2, 3, 8, 8, 1)
+    assert out["iterative"].shape == out["one_step"].shape == (2, 3, 8, 8, 1)
     for name, x in out.items():
         np.testing.assert_allclose(x, np.broadcast_to(clean, x.shape), atol=1e-4, err_msg=name)
     assert np.all(pixels.psnr(np.asarray(out["iterative"]), np.asarray(clean)) > 60)
 
 
-def _fake_dip_report(workdir: Path, size: int) -> None:
+def _fake_dip_report(
+    workdir: Path, size: int, split: str | None = "test", dataset: str | None = "mnist"
+) -> None:
+    """A DIP report (`methods.dip.report`'s npz); split / dataset None: a report without them."""
     (workdir / "report").mkdir(parents=True)
     x = np.zeros((2, size, size, 1), np.float32)
+    source = {k: v for k, v in (("split", split), ("dataset", dataset)) if v is not None}
     np.savez(workdir / "report" / "dip.npz", clean=x, noisy=x, restored=x,
-             sigma_model=np.float32(50 / 255), indices=np.arange(2), dataset="mnist")  # fmt: skip
+             sigma_model=np.float32(50 / 255), indices=np.arange(2), **source)  # fmt: skip
 
 
 def _dip_prior_config(dip_workdir: Path, **settings) -> ml_collections.ConfigDict:
@@ -373,6 +417,50 @@ def test_dip_prior_user_errors(tmp_path):
     dip_config = from_sibling(str(CONFIGS / "dip.py"), "dip")
     with pytest.raises(UserError, match="is not one"):
         dip_prior.run(dip_config, str(tmp_path))
+
+
+def test_dip_prior_refuses_images_the_ddpm_trained_on(tmp_path):
+    """The DIP images must be held out: of the DDPM's dataset, not of the split it trained on
+    (DDPM: train). Refused before any weights are read, with the command that makes such
+    images; the test split passes (the run then stops at the missing DDPM workdir)."""
+    workdir = tmp_path / "nope"
+
+    def outcome(name, **report):
+        _fake_dip_report(tmp_path / name, 28, **report)
+        with pytest.raises(UserError) as info:
+            dip_prior.run(_dip_prior_config(tmp_path / name), str(workdir))
+        return str(info.value)
+
+    rerun = "--config.data.dataset=mnist --config.dip.split=test"
+    message = outcome("train", split="train")
+    assert "come from the train split of mnist, which the DDPM was trained on" in message
+    assert rerun in message
+    old = outcome("old", split=None)  # written before config.dip.split: DIP read train images
+    assert "from before config.dip.split" in old and rerun in old
+    other = outcome("fashion", dataset="fashion_mnist")
+    assert "are of fashion_mnist, but the DDPM was trained on mnist" in other and rerun in other
+    assert "does not say which dataset" in outcome("unknown", dataset=None)
+    assert f"--workdir={workdir} is not a folder" in outcome("held_out", split="test")
+    assert not workdir.exists()
+
+
+def test_a_dip_checkpoint_names_its_images():
+    """Restoring DIP's weights (its report) under another split, indices or noise than it was
+    trained with is refused; a checkpoint from before config.dip.split fitted train images."""
+    saved = {"config": {"method": "dip", "data": {"dataset": "mnist"}, "dip": {"indices": "0-1"}}}
+
+    def asked(**dip_settings):
+        settings = {"indices": "0-1", "split": "test", **dip_settings}
+        return {"config": {"method": "dip", "data": {"dataset": "mnist"}, "dip": settings}}
+
+    with pytest.raises(CheckpointError, match=re.escape("Use the checkpoint's settings "
+                                                        "(--config.dip.split=train)")):  # fmt: skip
+        checkpoint.check_same_meaning(saved, asked(), "w")
+    checkpoint.check_same_meaning(saved, asked(split="train"), "w")
+    new = {"config": asked()["config"]}
+    checkpoint.check_same_meaning(new, asked(), "w")
+    with pytest.raises(CheckpointError, match="config.dip.indices: checkpoint '0-1', now '2-3'"):
+        checkpoint.check_same_meaning(new, asked(indices="2-3"), "w")
 
 
 def test_the_former_dip_prior_command_names_the_mode(capsys):

@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from diffusion_jax import checkpoint, methods, parallel, pretrained, sampling
+from diffusion_jax import checkpoint, errors, methods, parallel, pretrained, sampling
 from diffusion_jax.config import base_config
 from diffusion_jax.methods import dip, gan, vae_gan
 
@@ -102,6 +102,7 @@ def dip_case() -> ml_collections.ConfigDict:
     c.dip = dip.settings()
     d = c.dip
     d.indices, d.input_channels = "0-1", 4
+    d.split = "train"  # DIP fitted train images then (config.dip.split came later)
     d.channels_down, d.channels_up, d.channels_skip, d.need1x1_up = (4,), (4,), (2,), False
     c.train.batch_size = 2
     return c
@@ -233,6 +234,17 @@ def test_checkpoint_written_before_the_move_restores(name, fixtures, expected):
     assert step == STEP
     for a, b in zip(jax.tree.leaves(ema), jax.tree.leaves(state.ema_params), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_vae_gan_checkpoint_before_larsen_says_why_it_cannot_resume(fixtures):
+    """Resuming the earlier VAE-GAN's checkpoint stops with what it is and what to do, not with
+    "may be corrupt"."""
+    with pytest.raises(errors.CheckpointError) as info:
+        _restore("vae_gan", fixtures / "vae_gan")
+    message = str(info.value)
+    assert "written by the earlier VAE-GAN method" in message
+    assert "optimizer state" in message and "weights still load for sampling" in message
+    assert "start a new --workdir" in message and "corrupt" not in message
 
 
 def test_vae_gan_weights_written_before_the_move_load_for_sampling(fixtures, expected):

@@ -1,6 +1,6 @@
 """Deep Image Prior (Ulyanov et al. 2018) denoising of MNIST images: `config.method = "dip"`.
 
-K = 8 images (train split, indices 0-7), each fitted by its own skip net (3 scales of 32
+K = 8 images (test split, `dip.split`; indices 0-7), each fitted by its own skip net (3 scales of 32
 channels, 4-channel skips, ~91k parameters) from a fixed 32-channel noise input to the image
 plus Gaussian noise of std 25/255 (clipped), Adam lr 0.01, input perturbation 1/30, output EMA
 0.99: the original denoising notebook's settings (diffusion_jax/methods/dip.py). 3000
@@ -9,8 +9,9 @@ fit the noise; the output EMA starts at the first output, as in the original, so
 trails `psnr` by a few hundred iterations); `--mode=sample` writes the report
 (workdir/report/). About 0.1 s per iteration for the 8 images on a 2-core CPU (3000
 iterations: ~5 minutes). On MNIST the noisy target's clipping halves the noise on the black
-background: the noisy input is ~22.8 dB rather than 20.2 dB; an 800-iteration check peaked at
-25.0 dB (output, step ~200) and 24.7 dB (output EMA, step ~500).
+background: the noisy input is ~22.8 dB rather than 20.2 dB; an 800-iteration check (on train images
+0-7, before the test split was the default) peaked at 25.0 dB (output, step ~200) and 24.7 dB
+(output EMA, step ~500).
 
 Shared settings DIP does not use: `train.batch_size` (kept = K; DIP fits its K images at every
 step), the EMA of parameters (`train.ema_*`: DIP averages outputs instead, `dip.exp_weight`),

@@ -1,5 +1,5 @@
 """Deep Image Prior on Fashion-MNIST: `configs/dip.py` (the original's settings) on images 0-7
-of the Fashion-MNIST train split (28x28 grey, same net and iterations)."""
+of the Fashion-MNIST test split (28x28 grey, same net and iterations)."""
 
 from diffusion_jax.config import from_sibling
 

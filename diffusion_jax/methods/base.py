@@ -65,6 +65,10 @@ def _no_classes(config: ml_collections.ConfigDict) -> int:
     return 0
 
 
+def _train_split(config: ml_collections.ConfigDict) -> str:
+    return "train"
+
+
 @dataclasses.dataclass(frozen=True)
 class Method:
     """One method: its state, its compiled train step, its sampler and its settings.
@@ -87,6 +91,11 @@ class Method:
     sampler: Callable[..., SampleFn]
     # > 0: the sampler takes class labels (image i gets class i % num_classes)
     num_classes: Callable[[ml_collections.ConfigDict], int] = _no_classes
+    # the split of config.data.dataset the loop puts on the devices (`TrainData`) for
+    # `train_step`: "train" for the generative methods; DIP fits its K images with no training
+    # set, from the split config.dip.split. Also what `--mode=dip_prior` asks of a DDPM run: the
+    # images it was trained on.
+    data_split: Callable[[ml_collections.ConfigDict], str] = _train_split
     # (config, mesh, static) -> fn(ema_params) -> per-example held-out losses (host array):
     # the loop logs their mean, "heldout_loss" (lower is better), and spread at every
     # checkpoint (`metrics.heldout_scalars`); None: the method has none.

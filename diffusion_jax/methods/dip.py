@@ -1,7 +1,9 @@
 """Deep Image Prior (Ulyanov, Vedaldi & Lempitsky, CVPR 2018): denoising by fitting a fresh
 network to one noisy image, as a method of the shared training loop.
 
-For each image j of `config.dip.indices` (of the train split) a randomly initialised
+For each image j of `config.dip.indices` (of the split `config.dip.split`: the test split by
+default, images no DDPM of the package trained on, so `--mode=dip_prior` can compare DIP with a
+DDPM on held-out images) a randomly initialised
 encoder-decoder f_j (the original's "skip" net, sized for 28-32 px) maps a fixed noise input z_j
 to the noisy target y_j = clip(x_j + sigma n_j); it is trained with Adam on ||f_j(z_j) - y_j||^2
 alone. The architecture fits natural structure long before it fits the noise, so the output's
@@ -34,9 +36,14 @@ a learnt scale and shift, i.e. `nnx.GroupNorm` with one group per channel (eps 1
 no running statistics. Left out: the original's optional "backtracking" (undoing a step whose
 PSNR to the noisy image drops by 5 dB), which is not part of the paper's denoising results.
 
-The loop gives `train_step` the train split on the device (`batches.TrainData`); DIP reads its K
-images from it (one data shard only) and ignores `config.train.batch_size` and the batch order.
-`--mode=sample` runs `report`: restored images, figure and PSNR curve in `workdir/report/`.
+The loop gives `train_step` the split `config.dip.split` on the device (`batches.TrainData`,
+`Method.data_split`); DIP reads its K images from it (one data shard only) and ignores
+`config.train.batch_size` and the batch order. `--mode=sample` runs `report`: restored images,
+figure and PSNR curve in `workdir/report/`, with the dataset, split and indices the images came
+from. Runs from before `config.dip.split` existed fitted images of the train split: their
+checkpoints say so (`checkpoint.check_same_meaning` reads a missing setting as "train"), so
+their report needs `--config.dip.split=train`, and `--mode=dip_prior` refuses such images with a
+DDPM trained on that split.
 """
 
 from __future__ import annotations
@@ -71,7 +78,8 @@ def settings() -> ml_collections.ConfigDict:
     """`config.dip`: the defaults are the original denoising notebook's, the net sized for
     28-32 px images (the original's 5 scales of 128 channels are for 512 px photographs)."""
     c = ml_collections.ConfigDict()
-    c.indices = "0-7"  # images of the train split by index ("0-7", "3,5,9"); K = their number
+    c.split = "test"  # the split of config.data.dataset the images come from (train | test)
+    c.indices = "0-7"  # images of that split by index ("0-7", "3,5,9"); K = their number
     c.noise_sigma = 25.0  # noise std on the 0-255 scale (25/255 in [0, 1] pixels)
     c.clip_noisy = True  # clip the noisy target to the pixel range (the original does)
     c.input_channels = 32  # channels of the fixed input z (the original's input_depth)
@@ -125,15 +133,17 @@ def _scale_sizes(config: ml_collections.ConfigDict) -> list[int]:
 def validate(config: ml_collections.ConfigDict) -> None:
     """Raise `UserError` naming the first bad DIP setting (and the shared ones DIP restricts)."""
     d = config.dip
+    if d.split not in data.SPLITS:
+        raise _fail("split", d.split, f"is not one of {data.SPLITS}")
     idx = indices(config)
     if not idx:
         raise _fail("indices", d.indices, "gives no image; give e.g. '0-7'")
     if len(set(idx)) != len(idx):
         raise _fail("indices", d.indices, "repeats an image; give each index once")
-    train_size = data.dataset_info(config.data.dataset).split_sizes["train"]
-    if max(idx) >= train_size:
+    size = data.dataset_info(config.data.dataset).split_sizes[d.split]
+    if max(idx) >= size:
         raise _fail(
-            "indices", d.indices, f"must lie in 0..{train_size - 1} ({config.data.dataset})"
+            "indices", d.indices, f"must lie in 0..{size - 1} ({config.data.dataset}/{d.split})"
         )
     ok = isinstance(d.noise_sigma, (int, float)) and 0 < d.noise_sigma <= 255
     if not ok:
@@ -245,17 +255,24 @@ def noisy_targets(config: ml_collections.ConfigDict, clean: jax.Array) -> jax.Ar
     return jnp.clip(y, -1.0, 1.0) if config.dip.clip_noisy else y
 
 
+def data_split(config: ml_collections.ConfigDict) -> str:
+    """The split the loop loads for DIP (`Method.data_split`): `config.dip.split`."""
+    return str(config.dip.split)
+
+
 def clean_images(config: ml_collections.ConfigDict, train_data: TrainData) -> jax.Array:
-    """Images `config.dip.indices` of the (one-shard) train split, model space [K, H, W, C]."""
+    """Images `config.dip.indices` of the (one-shard) split `config.dip.split` that the loop
+    loaded, model space [K, H, W, C]."""
+    split = data_split(config)
     if train_data.num_shards != 1:
         raise UserError(
-            f"DIP reads its images from one data shard, but the train split came in "
+            f"DIP reads its images from one data shard, but the {split} split came in "
             f"{train_data.num_shards} shards; set config.data.num_shards=1 (one process)."
         )
     idx = indices(config)
     if max(idx) >= train_data.shard_size:
         raise UserError(
-            f"config.dip.indices={config.dip.indices!r}: the train split has "
+            f"config.dip.indices={config.dip.indices!r}: the {split} split has "
             f"{train_data.shard_size} images (0..{train_data.shard_size - 1})."
         )
     return data.to_model_space(train_data.images[0, jnp.asarray(idx)])
@@ -443,7 +460,8 @@ def report(
     config: ml_collections.ConfigDict, workdir: str, ema_params: dict, step: int
 ) -> dict[str, str | float]:
     """`--mode=sample` for DIP: workdir/report/dip.npz (float32 model-space clean, noisy,
-    restored (the output EMA), last, best (oracle) + per-image PSNRs), dip.json, dip.png
+    restored (the output EMA), last, best (oracle) + per-image PSNRs; where the images come
+    from: dataset, split, indices), dip.json, dip.png
     (clean | noisy | DIP output | best iterate, PSNR in the labels) and psnr.png (the PSNR
     curve from workdir/metrics.jsonl, when it exists)."""
     if int(step) < 1:
@@ -465,6 +483,7 @@ def report(
     summary = {
         "step": int(step),
         "dataset": config.data.dataset,
+        "split": data_split(config),
         "indices": idx,
         "noise_sigma_255": float(config.dip.noise_sigma),
         "sigma_model": sigma_model(config),
@@ -495,6 +514,7 @@ def report(
             sigma_model=np.float32(sigma_model(config)),
             step=np.int32(step),
             dataset=np.asarray(config.data.dataset),
+            split=np.asarray(data_split(config)),
         )
         records_lib.write_json(paths["json"], summary, indent=1)
         rows = [
@@ -537,5 +557,6 @@ METHODS = {
         best_metric=None,
         generates=False,
         report=report,
+        data_split=data_split,
     )
 }

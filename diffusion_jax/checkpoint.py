@@ -171,6 +171,9 @@ _MEANING_OF = {
 # checkpoint of that method without the setting was trained with this value (every other
 # setting newer than a checkpoint is no difference).
 _EARLIER_VALUES = {"dip": {"config.dip.split": "train"}}  # DIP fitted train images before
+# ... except the training's loss weighting: a network trained under any weighting is sampled and
+# scored the same way (a min-SNR checkpoint under a uniform config is no error).
+_TRAINING_ONLY = ("config.diffusion.loss_weighting", "config.diffusion.min_snr_gamma")
 
 
 def check_same_meaning(saved: Mapping[str, Any], expected: Mapping[str, Any], where: str) -> None:
@@ -187,7 +190,7 @@ def check_same_meaning(saved: Mapping[str, Any], expected: Mapping[str, Any], wh
     diffs = [
         f"{k}: checkpoint {trained[k]!r}, now {wanted.get(k)!r}"
         for k in sorted(trained)
-        if k.startswith(keys) and trained[k] != wanted.get(k)
+        if k.startswith(keys) and k not in _TRAINING_ONLY and trained[k] != wanted.get(k)
     ]
     if not diffs:
         return

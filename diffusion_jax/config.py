@@ -96,6 +96,12 @@ def base_config() -> ml_collections.ConfigDict:
     f.num_timesteps = 1000
     f.schedule = "linear"  # "linear" (Ho et al.) or "cosine" (Nichol & Dhariwal)
     f.prediction = "eps"  # what the network predicts: "eps", "x0" or "v"
+    # Per-example weight of the training loss: "uniform" (Ho et al.'s L_simple) or "min_snr"
+    # (Hang et al. 2023: the x0-MSE weighted by min(SNR(t), min_snr_gamma), the same objective
+    # for every prediction; diffusion.loss_weights). The logged "loss" is the weighted one; the
+    # held-out loss stays the unweighted eps-MSE, comparable across weightings.
+    f.loss_weighting = "uniform"
+    f.min_snr_gamma = 5.0  # loss_weighting "min_snr": gamma (Hang et al.'s default 5)
 
     c.train = t = ml_collections.ConfigDict()
     t.batch_size = 128  # global batch, split evenly over all devices

@@ -18,6 +18,7 @@ import numpy as np
 DenoiseFn = Callable[[jax.Array, jax.Array], jax.Array]
 SCHEDULES = ("linear", "cosine")
 PREDICTIONS = ("eps", "x0", "v")
+LOSS_WEIGHTINGS = ("uniform", "min_snr")
 
 
 def make_betas(
@@ -186,17 +187,67 @@ def eps_from_output(
     raise ValueError(f"unknown prediction={prediction!r}; use one of {PREDICTIONS}")
 
 
-def training_loss(
-    s: Schedule, denoise_fn: DenoiseFn, x0: jax.Array, rng: jax.Array, *, prediction: str = "eps"
+def loss_weights(
+    s: Schedule,
+    t: jax.Array,
+    prediction: str = "eps",
+    weighting: str = "uniform",
+    gamma: float = 5.0,
 ) -> jax.Array:
-    """Per-example simplified loss L_simple of Ho et al., float32 [B].
+    """Per-example weights of the training loss at timesteps ``t``, float32 [B].
 
-    t ~ U{0..T-1}, noise ~ N(0, I), and the loss is `loss_at(x0, t, noise)`.
+    "uniform": 1 (Ho et al.'s L_simple in the given parameterisation).
+    "min_snr": Min-SNR-gamma of Hang et al. (2023), the x0-MSE weighted by min(SNR(t), gamma)
+    with SNR(t) = abar_t / (1 - abar_t). The per-pixel errors of the three targets for one model
+    (outputs converted into each other through x_t) satisfy eps-MSE = SNR * x0-MSE and
+    v-MSE = (SNR + 1) * x0-MSE, so the same objective is min(SNR, gamma) / SNR on the eps-MSE,
+    min(SNR, gamma) on the x0-MSE and min(SNR, gamma) / (SNR + 1) on the v-MSE.
+
+    The weights come from the float64-derived tables, never from ``1 - abar`` in float32 (it
+    cancels at small t): 1 / SNR = sqrt_recipm1_alphas_cumprod^2 and
+    1 / (SNR + 1) = 1 - abar = sqrt_one_minus_alphas_cumprod^2.
+    """
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"unknown prediction={prediction!r}; use one of {PREDICTIONS}")
+    if weighting not in LOSS_WEIGHTINGS:
+        raise ValueError(f"unknown loss_weighting={weighting!r}; use one of {LOSS_WEIGHTINGS}")
+    t = jnp.asarray(t, jnp.int32)
+    if weighting == "uniform":
+        return jnp.ones(t.shape, jnp.float32)
+    if not gamma > 0:
+        raise ValueError(f"min_snr_gamma={gamma} must be > 0")
+    inv_snr = jnp.square(s.sqrt_recipm1_alphas_cumprod[t].astype(jnp.float32))
+    if prediction == "eps":  # min(SNR, gamma) / SNR, without dividing by a tiny SNR
+        return jnp.minimum(1.0, gamma * inv_snr)
+    clipped = jnp.minimum(1.0 / inv_snr, gamma)  # min(SNR, gamma)
+    if prediction == "x0":
+        return clipped
+    return clipped * jnp.square(s.sqrt_one_minus_alphas_cumprod[t].astype(jnp.float32))
+
+
+def training_loss(
+    s: Schedule,
+    denoise_fn: DenoiseFn,
+    x0: jax.Array,
+    rng: jax.Array,
+    *,
+    prediction: str = "eps",
+    weighting: str = "uniform",
+    gamma: float = 5.0,
+) -> jax.Array:
+    """Per-example training loss, float32 [B]: L_simple of Ho et al. by default.
+
+    t ~ U{0..T-1}, noise ~ N(0, I), and the loss is `loss_at(x0, t, noise)` times
+    `loss_weights(t, prediction, weighting, gamma)` ("uniform": `loss_at` itself, unchanged).
+    `weighting` and `gamma` are Python values (static under jit).
     """
     t_key, noise_key = jax.random.split(rng)
     t = jax.random.randint(t_key, x0.shape[:1], 0, s.num_timesteps, dtype=jnp.int32)
     noise = jax.random.normal(noise_key, x0.shape, jnp.float32)
-    return loss_at(s, denoise_fn, x0, t, noise, prediction=prediction)
+    losses = loss_at(s, denoise_fn, x0, t, noise, prediction=prediction)
+    if weighting == "uniform":
+        return losses
+    return losses * loss_weights(s, t, prediction, weighting, gamma)
 
 
 def loss_at(
@@ -211,8 +262,9 @@ def loss_at(
     """Per-example loss at given timesteps and noise, float32 [B].
 
     x_t = q_sample(x0, t, noise) and the loss is the mean over H, W, C of
-    (target - denoise_fn(x_t, t))^2, where the target is eps, x0 or v. With fixed (t, noise) it
-    is a deterministic function of the parameters (the held-out metric).
+    (target - denoise_fn(x_t, t))^2, where the target is eps, x0 or v, unweighted (the
+    training's weighting is `training_loss`'s). With fixed (t, noise) it is a deterministic
+    function of the parameters (the held-out metric).
     """
     if prediction not in PREDICTIONS:
         raise ValueError(f"unknown prediction={prediction!r}; use one of {PREDICTIONS}")

@@ -6,6 +6,10 @@ the test split, each at every timestep of a fixed grid (`config.train.heldout_ti
 centres of equal bins of [0, T)), with noise fixed per (image, grid point). Same parameters,
 same number, on any device count; it picks the checkpoint kept in `workdir/best` when periodic
 FID is off (`config.train.best_metric="auto"`).
+
+It is the unweighted eps-MSE whatever the training's `config.diffusion.loss_weighting` (and
+whatever the prediction: outputs are converted to eps), so runs trained under different
+weightings or parameterisations are compared on one number.
 """
 
 from __future__ import annotations
@@ -84,6 +88,7 @@ def make_heldout_loss(
             def eps_fn(x_t, t):
                 return diffusion.eps_from_output(schedule, x_t, t, model(x_t, t, y), prediction)
 
+            # Unweighted (not training_loss's weights): comparable across loss weightings.
             return diffusion.loss_at(schedule, eps_fn, x, t, noise)
 
         return jax.lax.map(at, jnp.arange(len(grid)))

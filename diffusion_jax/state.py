@@ -503,6 +503,10 @@ def _validate_ddpm(config: ml_collections.ConfigDict) -> None:
 
     _one_of(config, "diffusion.schedule", diffusion.SCHEDULES)
     _one_of(config, "diffusion.prediction", diffusion.PREDICTIONS)
+    _one_of(config, "diffusion.loss_weighting", diffusion.LOSS_WEIGHTINGS)
+    gamma = config.diffusion.min_snr_gamma
+    ok = isinstance(gamma, (int, float)) and not isinstance(gamma, bool) and gamma > 0
+    _check(ok, "diffusion.min_snr_gamma", gamma, "must be a number > 0")
     _positive_int(config, "diffusion.num_timesteps")
 
     _check(0 <= t.label_dropout < 1, "train.label_dropout", t.label_dropout, "must be in [0, 1)")

@@ -102,6 +102,18 @@ def test_sampling_under_another_schedule_is_refused(trained, overrides, shown):
     assert f"--config.diffusion.{key}=" in message  # the flag that makes the config match
 
 
+def test_the_loss_weighting_is_no_difference_in_meaning():
+    """A network trained under min-SNR is sampled and scored like any other: its weighting (and
+    gamma) may differ from the config's, while the schedule still may not."""
+    config = tiny_config("unused")
+    trained = config.to_dict()
+    trained["diffusion"].update(loss_weighting="min_snr", min_snr_gamma=3.0)
+    checkpoint.check_same_meaning({"config": trained}, {"config": config.to_dict()}, "here")
+    trained["diffusion"]["schedule"] = "cosine"
+    with pytest.raises(CheckpointError, match="config.diffusion.schedule: checkpoint 'cosine'"):
+        checkpoint.check_same_meaning({"config": trained}, {"config": config.to_dict()}, "here")
+
+
 def test_corrupt_checkpoint_is_refused_and_untouched(trained, tmp_path):
     config, workdir, _ = trained
     run = _copy(workdir, tmp_path)

@@ -179,9 +179,133 @@ def test_training_loss_oracles_and_timesteps():
 
 def test_training_loss_jits():
     s = D.make_schedule("linear", 100)
-    f = jax.jit(lambda sch, x, k: D.training_loss(sch, lambda x, t: x * 0.5, x, k))
-    out = f(s, jnp.zeros((3, 8, 8, 1)), jax.random.key(0))
-    assert out.shape == (3,) and bool(jnp.all(jnp.isfinite(out)))
+    for weighting in D.LOSS_WEIGHTINGS:
+        f = jax.jit(
+            lambda sch, x, k, w=weighting: D.training_loss(
+                sch, lambda x, t: x * 0.5, x, k, weighting=w
+            )
+        )
+        out = f(s, jnp.zeros((3, 8, 8, 1)), jax.random.key(0))
+        assert out.shape == (3,) and out.dtype == jnp.float32
+        assert bool(jnp.all(jnp.isfinite(out)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss weighting (Min-SNR-gamma, Hang et al. 2023)
+
+GAMMA = 5.0
+
+
+def _toy_eps_model(x_t, t):
+    """Some model output that depends on x_t and t (what it predicts does not matter)."""
+    return 0.7 * x_t - 0.2 + 0.001 * t[:, None, None, None].astype(jnp.float32)
+
+
+def test_uniform_weighting_is_todays_l_simple():
+    """The "uniform" weighting (the default) is bit for bit `loss_at` at the timesteps and noise
+    drawn from the key as before: the mean over pixels of (target - output)^2, every target."""
+    s = D.make_schedule("linear", 1000)
+    x0 = jax.random.uniform(jax.random.key(2), (64, 4, 4, 1), minval=-1, maxval=1)
+    rng = jax.random.key(3)
+    t_key, noise_key = jax.random.split(rng)
+    t = jax.random.randint(t_key, (64,), 0, 1000, dtype=jnp.int32)
+    noise = jax.random.normal(noise_key, x0.shape, jnp.float32)
+    for p in D.PREDICTIONS:
+        default = D.training_loss(s, _toy_eps_model, x0, rng, prediction=p)
+        uniform = D.training_loss(
+            s, _toy_eps_model, x0, rng, prediction=p, weighting="uniform", gamma=0.5
+        )
+        np.testing.assert_array_equal(np.asarray(uniform), np.asarray(default))
+        want = D.loss_at(s, _toy_eps_model, x0, t, noise, prediction=p)
+        np.testing.assert_array_equal(np.asarray(default), np.asarray(want))
+    default = D.training_loss(s, _toy_eps_model, x0, rng)
+    assert default.dtype == jnp.float32
+    x_t = D.q_sample(s, x0, t, noise)
+    by_hand = jnp.mean(jnp.square(noise - _toy_eps_model(x_t, t)), axis=(1, 2, 3))
+    np.testing.assert_allclose(np.asarray(default), np.asarray(by_hand), rtol=1e-6)
+    for p in D.PREDICTIONS:
+        np.testing.assert_array_equal(np.asarray(D.loss_weights(s, t, p, "uniform")), np.ones(64))
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_min_snr_weights_match_the_formula(schedule):
+    """w = min(SNR, gamma) / SNR (eps), min(SNR, gamma) (x0), min(SNR, gamma) / (SNR + 1) (v),
+    SNR = abar / (1 - abar) from the float64 betas written out here."""
+    T = 1000
+    s = D.make_schedule(schedule, T)
+    abar = np.cumprod(1 - reference_betas(schedule, T))
+    snr = abar / (1 - abar)
+    t = np.array([0, 1, 10, 50, 100, 200, 300, 500, 800, 998, 999])
+    clipped = np.minimum(snr, GAMMA)
+    for p, want in (("eps", clipped / snr), ("x0", clipped), ("v", clipped / (snr + 1))):
+        got = D.loss_weights(s, jnp.asarray(t), p, "min_snr", GAMMA)
+        assert got.dtype == jnp.float32 and got.shape == t.shape, p
+        np.testing.assert_allclose(np.asarray(got), want[t], rtol=1e-5, err_msg=p)
+
+    w = {
+        p: np.asarray(D.loss_weights(s, jnp.arange(T), p, "min_snr", GAMMA)) for p in D.PREDICTIONS
+    }
+    low = snr < GAMMA * (1 - 1e-4)  # noisy steps (large t); away from the crossing's rounding
+    high = snr > GAMMA * (1 + 1e-4)  # clean steps (small t)
+    assert low[-1] and high[0] and low.sum() > 100 and high.sum() > 100
+    np.testing.assert_array_equal(w["eps"][low], 1.0)  # SNR <= gamma: L_simple's weight
+    np.testing.assert_allclose(w["eps"][high], GAMMA / snr[high], rtol=1e-5)
+    np.testing.assert_allclose(w["x0"][low], snr[low], rtol=1e-5)
+    np.testing.assert_array_equal(w["x0"][high], GAMMA)
+    np.testing.assert_allclose(w["v"][low], abar[low], rtol=1e-5)  # SNR / (SNR + 1) = abar
+    np.testing.assert_allclose(w["v"][high], GAMMA * (1 - abar[high]), rtol=1e-5)
+
+
+def test_min_snr_weights_by_hand_at_t0_of_the_linear_schedule():
+    """t = 0 of Ho et al.'s schedule: abar = 1 - 1e-4, SNR = 9999."""
+    s = D.make_schedule("linear", 1000)
+    t = jnp.zeros((1,), jnp.int32)
+    for p, want in (("eps", 5 / 9999), ("x0", 5.0), ("v", 5 / 10000)):
+        assert float(D.loss_weights(s, t, p, "min_snr", 5.0)[0]) == pytest.approx(want, rel=1e-5)
+    assert float(D.loss_weights(s, t, "eps", "min_snr", 20000.0)[0]) == 1.0  # gamma > SNR
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_min_snr_is_one_objective_in_every_parameterisation(schedule):
+    """One model, its output given as eps, as x0 and as v (converted through x_t): the min-SNR
+    losses are equal, while the uniform ones follow eps-MSE = SNR x0-MSE and
+    v-MSE = (SNR + 1) x0-MSE (so uniform weighting is a different objective per target)."""
+    T = 1000
+    s = D.make_schedule(schedule, T)
+    x0 = jax.random.uniform(jax.random.key(5), (512, 4, 4, 1), minval=-1, maxval=1)
+    rng = jax.random.key(6)
+    seen = []
+
+    def eps_model(x_t, t):
+        seen.append(np.asarray(t))
+        return _toy_eps_model(x_t, t)
+
+    def x0_model(x_t, t):
+        return D.predict_x0_from_eps(s, x_t, t, _toy_eps_model(x_t, t))
+
+    def v_model(x_t, t):
+        a = s.sqrt_alphas_cumprod[t][:, None, None, None]
+        b = s.sqrt_one_minus_alphas_cumprod[t][:, None, None, None]
+        return a * _toy_eps_model(x_t, t) - b * x0_model(x_t, t)
+
+    models = {"eps": eps_model, "x0": x0_model, "v": v_model}
+
+    def losses(weighting):
+        return {
+            p: np.asarray(D.training_loss(s, f, x0, rng, prediction=p, weighting=weighting,
+                                          gamma=GAMMA), np.float64)
+            for p, f in models.items()
+        }  # fmt: skip
+
+    weighted, uniform = losses("min_snr"), losses("uniform")
+    t = seen[0]
+    abar = np.cumprod(1 - reference_betas(schedule, T))[t]
+    snr = abar / (1 - abar)
+    assert (snr > GAMMA).sum() > 20 and (snr < GAMMA).sum() > 20  # both regimes drawn
+    np.testing.assert_allclose(weighted["x0"], weighted["eps"], rtol=2e-3)
+    np.testing.assert_allclose(weighted["v"], weighted["eps"], rtol=2e-3)
+    np.testing.assert_allclose(uniform["eps"], snr * uniform["x0"], rtol=2e-3)
+    np.testing.assert_allclose(uniform["v"], (snr + 1) * uniform["x0"], rtol=2e-3)
 
 
 @pytest.mark.parametrize(
@@ -203,6 +327,22 @@ def test_training_loss_jits():
                 prediction="score",
             ),
             "prediction='score'",
+        ),
+        (
+            lambda: D.training_loss(
+                D.make_schedule("linear", 10),
+                lambda x, t: x,
+                jnp.zeros((1, 2, 2, 1)),
+                jax.random.key(0),
+                weighting="snr",
+            ),
+            r"loss_weighting='snr'; use one of \('uniform', 'min_snr'\)",
+        ),
+        (
+            lambda: D.loss_weights(
+                D.make_schedule("linear", 10), jnp.zeros(1), "eps", "min_snr", 0.0
+            ),
+            "min_snr_gamma=0.0 must be > 0",
         ),
     ],
 )

@@ -118,6 +118,38 @@ def test_ema_equals_its_closed_form_after_k_steps():
             np.testing.assert_allclose(e, d[n - 1] * e_prev + (1 - d[n - 1]) * p, atol=1e-6)
 
 
+def test_the_train_step_weights_its_loss_as_the_config_says():
+    """config.diffusion.loss_weighting and min_snr_gamma reach the loss of the real train step:
+    min-SNR with a gamma above every SNR of the schedule is L_simple (every eps weight is 1), one
+    far below every SNR scales each example's loss by gamma / SNR <= 2e-6 here (T = 100)."""
+    base = _micro_config()
+    graphdef, state = state_lib.init_train_state(base)
+    rng = np.random.default_rng(1)
+    train_data = train.TrainData(
+        images=jnp.asarray(rng.integers(0, 256, (1, 16, 8, 8, 1), dtype=np.uint8)),
+        labels=jnp.zeros((1, 16), jnp.int32),
+    )
+
+    def step_loss(**diffusion_settings) -> float:
+        config = _micro_config(**{f"diffusion__{k}": v for k, v in diffusion_settings.items()})
+        step = functools.partial(
+            train.train_step,
+            config=config,
+            graphdef=graphdef,
+            schedule=state_lib.build_schedule(config),
+            optimizer=state_lib.build_optimizer(config),
+        )
+        return float(jax.jit(step)(state, train_data)[1]["loss"])
+
+    uniform = step_loss(loss_weighting="uniform")
+    assert uniform > 0.1  # an untrained network: the eps-MSE is about 1
+    assert step_loss(loss_weighting="min_snr", min_snr_gamma=1e12) == pytest.approx(
+        uniform, rel=1e-6
+    )
+    tiny = step_loss(loss_weighting="min_snr", min_snr_gamma=1e-6)
+    assert 0 < tiny < 2e-6 * uniform
+
+
 # ---------------------------------------------------------------------------------------------
 # Timesteps
 

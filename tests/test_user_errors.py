@@ -376,6 +376,19 @@ def test_compilation_cache_keeps_the_users_jax_settings(tmp_path, restore_jax_ca
         ("", "seed", 2**64, "config.seed=18446744073709551616"),
         ("", "seed", -1, "config.seed=-1"),
         ("sample", "record_steps", ("a",), "config.sample.record_steps"),
+        (
+            "diffusion",
+            "loss_weighting",
+            "snr",
+            r"config.diffusion.loss_weighting='snr' is not one of \('uniform', 'min_snr'\)",
+        ),
+        (
+            "diffusion",
+            "min_snr_gamma",
+            0.0,
+            "config.diffusion.min_snr_gamma=0.0 must be a number > 0",
+        ),
+        ("diffusion", "min_snr_gamma", -1.0, "config.diffusion.min_snr_gamma=-1.0"),
     ],
 )
 def test_config_values_that_used_to_crash_are_user_errors(section, field, value, match):

@@ -67,8 +67,15 @@ def train_step(
         def denoise(x_t, t):
             return model(x_t, t, y, train=True, rngs=nnx.Rngs(dropout=dropout_key))
 
+        d = config.diffusion
         losses = diffusion.training_loss(
-            schedule, denoise, x, loss_key, prediction=config.diffusion.prediction
+            schedule,
+            denoise,
+            x,
+            loss_key,
+            prediction=d.prediction,
+            weighting=d.loss_weighting,
+            gamma=float(d.min_snr_gamma),
         )
         return jnp.mean(losses)
 

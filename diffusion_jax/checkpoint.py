@@ -32,7 +32,7 @@ import shutil
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import jax
@@ -89,11 +89,12 @@ def _flat(d: Mapping[str, Any], prefix: str = "config") -> dict[str, Any]:
 def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     """`config.a.b: checkpoint X, now Y` for every setting that differs."""
     a, b = _flat(saved), _flat(current)
-    return [
-        f"{k}: checkpoint {a.get(k)!r}, now {b.get(k)!r}"
-        for k in sorted(set(a) | set(b))
-        if a.get(k) != b.get(k)
-    ]
+    return _differences(a, b, sorted(set(a) | set(b)))
+
+
+def _differences(a: Mapping[str, Any], b: Mapping[str, Any], keys: Iterable[str]) -> list[str]:
+    """`config.a.b: checkpoint X, now Y` for each of the flat `keys` whose values differ."""
+    return [f"{k}: checkpoint {a.get(k)!r}, now {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
 
 
 def _example_configs(method: str, dataset: str | None) -> list[str]:
@@ -187,11 +188,8 @@ def check_same_meaning(saved: Mapping[str, Any], expected: Mapping[str, Any], wh
     trained = {**_EARLIER_VALUES.get(method, {}), **_flat(have)}
     wanted = _flat(want)
     keys = _MEANING + _MEANING_OF.get(want.get("method", "ddpm"), ())
-    diffs = [
-        f"{k}: checkpoint {trained[k]!r}, now {wanted.get(k)!r}"
-        for k in sorted(trained)
-        if k.startswith(keys) and k not in _TRAINING_ONLY and trained[k] != wanted.get(k)
-    ]
+    meaning = [k for k in sorted(trained) if k.startswith(keys) and k not in _TRAINING_ONLY]
+    diffs = _differences(trained, wanted, meaning)
     if not diffs:
         return
     flags = " ".join(f"--{key}={trained[key]}" for key in (d.split(":")[0] for d in diffs))
